@@ -40,7 +40,10 @@ def train(args, name: str, seed: int, extra: list[str], epochs: int) -> dict:
            "--size", str(args.size), "--epochs", str(epochs), "--seed", str(seed), "--threads", str(args.threads),
            "--quiet", "--overwrite", "--out", str(out), *extra]
     t = time.perf_counter()
-    subprocess.run(cmd, check=True, cwd=ROOT)
+    if (out / "metrics.json").is_file() and not args.fresh:
+        print(f"{name:10s} seed {seed}: reusing the finished run in {out}", flush=True)
+    else:
+        subprocess.run(cmd, check=True, cwd=ROOT)
     metrics = json.loads((out / "metrics.json").read_text())
     img = metrics["test"]["image"]
     print(f"{name:10s} seed {seed}: test AUROC {img['auroc']:.4f} AUPRC {img['auprc']:.4f} "
@@ -59,6 +62,7 @@ def main() -> None:
     p.add_argument("--k", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--fresh", action="store_true", help="retrain runs that already finished")
     args = p.parse_args()
     if not (args.data / "labels.csv").is_file():
         sys.exit(f"ELPV not found at {args.data} (expects labels.csv): pass --data")

@@ -1,7 +1,8 @@
 """Checkpoints are data: a state_dict plus the constructor arguments as plain values.
 
 Loaded with ``torch.load(..., weights_only=True)`` (safe: no pickled code),
-then rebuilt by calling the constructor (the nanoGPT rule).
+then rebuilt by calling the constructor (the nanoGPT rule). One table maps a
+checkpoint's ``kind`` to the function that rebuilds its inference module.
 """
 from __future__ import annotations
 
@@ -10,33 +11,53 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
+from torch import nn
 
-from trainer.config import AutoencoderConfig
-from trainer.lamp import AmplifierConfig, AnomalyMapConfig, LampAutoencoder, LampDetector
+from trainer.lamp import AnomalyMapConfig, LampAutoencoder, LampDetector
 
 CHECKPOINT_FORMAT_VERSION = 1
 LAMP_KIND = "lamp_autoencoder"
+SCORER_KIND = "two_head_scorer"
 
 
 class CheckpointError(ValueError):
     pass
 
 
-def save_lamp_checkpoint(path: Path, model: LampAutoencoder, model_config: AutoencoderConfig,
-                         map_config: AnomalyMapConfig, amplifier: AmplifierConfig,
-                         data_fingerprint: str) -> None:
+def _build_lamp(payload: dict) -> nn.Module:
+    autoencoder = LampAutoencoder(**payload["model_config"])
+    autoencoder.load_state_dict(payload["state_dict"])
+    return LampDetector(autoencoder, AnomalyMapConfig(**payload["anomaly_map"]))
+
+
+def _build_scorer(payload: dict) -> nn.Module:
+    from trainer.twohead.torch_model import TwoHeadScorer
+    cfg = {k: v for k, v in payload["model_config"].items() if k != "image_size"}
+    model = TwoHeadScorer(**{**cfg, "scales": tuple(cfg["scales"])})
+    model.load_state_dict(payload["state_dict"])
+    return model
+
+
+BUILDERS = {LAMP_KIND: _build_lamp, SCORER_KIND: _build_scorer}
+
+
+def preprocess_spec(image_size: int, channels: int) -> dict:
+    """What the edge must reproduce before the first layer (see edge/preprocess.py)."""
+    return {"size": image_size, "channels": channels, "color_order": "GRAY" if channels == 1 else "RGB",
+            "scale": "uint8 / 255 -> [0, 1]", "resize": "cv2.INTER_AREA"}
+
+
+def save_checkpoint(path: Path, kind: str, model: nn.Module, model_config, data_fingerprint: str,
+                    **metadata) -> None:
+    """``model_config``: the dataclass of constructor arguments (with image_size, in_channels)."""
     payload = {
         "format_version": CHECKPOINT_FORMAT_VERSION,
-        "kind": LAMP_KIND,
+        "kind": kind,
         "model_config": asdict(model_config),
-        "anomaly_map": asdict(map_config),
-        "amplifier": asdict(amplifier),
-        # what the edge must reproduce before the first layer (see edge/preprocess.py)
-        "preprocess": {"size": model_config.image_size, "channels": model_config.in_channels,
-                       "color_order": "GRAY" if model_config.in_channels == 1 else "RGB",
-                       "scale": "uint8 / 255 -> [0, 1]", "resize": "cv2.INTER_AREA"},
+        "preprocess": preprocess_spec(model_config.image_size, model_config.in_channels),
         "data_fingerprint": data_fingerprint,
         "torch_version": str(torch.__version__),
+        **metadata,
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
     }
     path = Path(path)
@@ -45,8 +66,8 @@ def save_lamp_checkpoint(path: Path, model: LampAutoencoder, model_config: Autoe
     os.replace(tmp, path)
 
 
-def load_lamp_checkpoint(path: Path) -> tuple[LampDetector, dict]:
-    """Rebuild the detector (eval mode) and return it with the checkpoint's metadata."""
+def load_checkpoint(path: Path, kind: str | None = None) -> tuple[nn.Module, dict]:
+    """Rebuild the inference module (eval mode); return it with the checkpoint's metadata."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
@@ -54,12 +75,12 @@ def load_lamp_checkpoint(path: Path) -> tuple[LampDetector, dict]:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated or foreign file: say which and why
         raise CheckpointError(f"{path} is not a readable edge-inspect checkpoint: {e}") from e
-    if not isinstance(payload, dict) or payload.get("kind") != LAMP_KIND:
-        raise CheckpointError(f"{path} is not a LAMP autoencoder checkpoint (kind={payload.get('kind') if isinstance(payload, dict) else None!r})")
+    found = payload.get("kind") if isinstance(payload, dict) else None
+    if found not in BUILDERS or (kind is not None and found != kind):
+        raise CheckpointError(f"{path} is not a {kind or ' or '.join(BUILDERS)} checkpoint (kind={found!r})")
     if payload.get("format_version") != CHECKPOINT_FORMAT_VERSION:
         raise CheckpointError(f"{path} has checkpoint format {payload.get('format_version')}, "
                               f"this version reads {CHECKPOINT_FORMAT_VERSION}: retrain or use a matching edge-inspect")
-    autoencoder = LampAutoencoder(**payload["model_config"])
-    autoencoder.load_state_dict(payload.pop("state_dict"))
-    detector = LampDetector(autoencoder, AnomalyMapConfig(**payload["anomaly_map"])).eval()
-    return detector, payload
+    model = BUILDERS[found](payload).eval()
+    del payload["state_dict"]
+    return model, payload

@@ -50,3 +50,60 @@ class AeTrainConfig:
             model=AutoencoderConfig(**d["model"]), amplifier=AmplifierConfig(**d["amplifier"]),
             anomaly_map=AnomalyMapConfig(**d["anomaly_map"]),
             **{k: v for k, v in d.items() if k not in ("model", "amplifier", "anomaly_map")})
+
+
+AUGMENTATIONS = ("saliencycut", "cutpaste")
+
+
+@dataclass(frozen=True)
+class ScorerModelConfig:
+    """Arguments of ``TwoHeadScorer`` plus its input size; stored in the checkpoint.
+
+    Defaults fit a 2-core CPU. The papers' GPU setting is image_size=448,
+    width=64, output_stride=32, scales=(1.0, 0.5) (docs/twohead.md)."""
+
+    in_channels: int = 1
+    image_size: int = 128
+    width: int = 32
+    output_stride: int = 16
+    scales: tuple = (1.0,)
+    topk_fraction: float = 0.1
+
+    def constructor_kwargs(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if k != "image_size"} | {"scales": tuple(self.scales)}
+
+
+@dataclass(frozen=True)
+class ScorerTrainConfig:
+    model: ScorerModelConfig = field(default_factory=ScorerModelConfig)
+    augmentation: str = "saliencycut"   # or "cutpaste" (DRA-style baseline)
+    epochs: int = 10                    # SaliencyCut code: 30 epochs x 20 steps (CPU default 10)
+    steps_per_epoch: int = 20
+    n_normal: int = 32                  # per batch: 32 normal draws ...
+    n_anomaly: int = 16                 # ... + 16 labelled defects (cycled)
+    pseudo_probability: float = 0.5     # a normal draw becomes a pseudo-defect candidate
+    lr: float = 2e-4
+    weight_decay: float = 1e-5
+    lr_step_epochs: int = 10            # StepLR(step 10, gamma 0.1)
+    lr_gamma: float = 0.1
+    grad_clip: float = 1.0
+    saliency_grid: int = 18
+    saliency_threshold: float = 0.4
+    val_fraction: float = 0.1
+    seed: int = 0
+    threads: int = 0
+    pretrained: str | None = None       # local torchvision-layout ResNet-18 state dict
+
+    def __post_init__(self) -> None:
+        if self.augmentation not in AUGMENTATIONS:
+            raise ValueError(f"unknown augmentation {self.augmentation!r}; choose {' or '.join(AUGMENTATIONS)}")
+        for name in ("epochs", "steps_per_epoch", "n_normal"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0 <= self.pseudo_probability <= 1:
+            raise ValueError(f"pseudo_probability must be in [0, 1], got {self.pseudo_probability}")
+        if not 0 <= self.val_fraction < 1:
+            raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)

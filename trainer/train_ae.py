@@ -11,55 +11,25 @@ from __future__ import annotations
 
 import json
 import math
-import resource
 import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
-from trainer.artifacts import RUN_FORMAT_VERSION, sha256_file, write_json
-from trainer.checkpoint import save_lamp_checkpoint
+from trainer.checkpoint import LAMP_KIND
 from trainer.config import AeTrainConfig
 from trainer.data import Dataset, Split
-from trainer.evaluate import evaluate_split, predict
+from trainer.evaluate import predict
+from trainer.geometry import random_flips
 from trainer.lamp import LampAutoencoder, LampDetector, lamp_loss
 from trainer.metrics import auroc
-from trainer.synthetic_defects import add_synthetic_defect
-from trainer.tensors import load_images, load_masks
+from trainer.run_setup import finish_run, hold_out_validation, synthetic_validation_set, write_run_header
+from trainer.tensors import load_images
 
 RUN_FILES = ("config.json", "split.json", "train_log.jsonl", "checkpoint.pt", "metrics.json")
-
-
-def hold_out_validation(split: Split, fraction: float, seed: int):
-    """Good training images -> (fit, validation). Labelled defects are not used by the
-    autoencoder: it learns good parts only (they stay listed in split.json)."""
-    good = [s for s in split.train if s.label == 0]
-    order = np.random.default_rng(seed).permutation(len(good))
-    n_val = round(fraction * len(good))
-    return [good[i] for i in order[n_val:]], [good[i] for i in order[:n_val]]
-
-
-def synthetic_validation_set(val_images: torch.Tensor, seed: int) -> tuple[torch.Tensor, np.ndarray]:
-    """Each held-out good image twice: as is, and with one painted defect."""
-    rng = np.random.default_rng(seed + 1)
-    defective = np.stack([add_synthetic_defect(x, rng)[0] for x in val_images.numpy()])
-    images = torch.cat([val_images, torch.from_numpy(defective)])
-    labels = np.r_[np.zeros(len(val_images)), np.ones(len(val_images))].astype(int)
-    return images, labels
-
-
-def random_flips(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-    flip_h, flip_v = torch.rand(2, x.shape[0], 1, 1, 1, generator=g) < 0.5
-    x = torch.where(flip_h, x.flip(-1), x)
-    return torch.where(flip_v, x.flip(-2), x)
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux reports KiB
 
 
 def train_autoencoder(config: AeTrainConfig, dataset: Dataset, split: Split, out_dir: Path,
@@ -76,14 +46,7 @@ def train_autoencoder(config: AeTrainConfig, dataset: Dataset, split: Split, out
     if len(fit) < 2:
         raise ValueError(f"only {len(fit)} good image(s) left for training after the validation "
                          f"hold-out: add good images or lower --val-fraction")
-    write_json(out_dir / "config.json", {"format_version": RUN_FORMAT_VERSION, "model": "lamp_autoencoder",
-                                         **config.to_dict()})
-    split_doc = split.to_json(dataset.root)
-    split_doc["validation_good"] = [str(s.path.relative_to(dataset.root)) for s in val]
-    split_doc["data_fingerprint"] = dataset.fingerprint()
-    split_doc["layout"] = dataset.layout
-    split_doc["skipped"] = dict(dataset.skipped)
-    write_json(out_dir / "split.json", split_doc)
+    write_run_header(out_dir, "lamp_autoencoder", config.to_dict(), dataset, split, val)
 
     images = load_images(fit, size, channels)
     val_images, val_labels = (synthetic_validation_set(load_images(val, size, channels), config.seed)
@@ -137,29 +100,12 @@ def train_autoencoder(config: AeTrainConfig, dataset: Dataset, split: Split, out
     bar.close()
     train_seconds = time.perf_counter() - start
 
-    checkpoint = out_dir / "checkpoint.pt"
-    save_lamp_checkpoint(checkpoint, model, config.model, config.anomaly_map, config.amplifier,
-                         dataset.fingerprint())
-
-    test = list(split.test)
-    scores, maps = predict(detector, load_images(test, size, channels))
-    metrics = {
-        "format_version": RUN_FORMAT_VERSION,
-        "model": "lamp_autoencoder",
-        "amplifier": asdict(config.amplifier),
-        "test": evaluate_split(test, scores, maps, load_masks(test, size, channels)),
-        "validation": {"synthetic_defect_auroc": record.get("val_synthetic_auroc"),
-                       "n_good": len(val),
-                       "note": "held-out good images vs. the same images with painted defects (a proxy)"},
-        "train": {"seconds": round(train_seconds, 2), "epochs": config.epochs,
-                  "images": len(fit), "images_per_second": round(len(fit) * config.epochs / train_seconds, 2),
-                  "final_loss": record["loss"], "final_mse": record["mse"],
-                  "torch_threads": torch.get_num_threads(), "peak_rss_mb": round(peak_rss_mb(), 1)},
-        "checkpoint_sha256": sha256_file(checkpoint),
-        "data_fingerprint": dataset.fingerprint(),
-    }
-    write_json(out_dir / "metrics.json", metrics)
-    np.savez_compressed(out_dir / "test_scores.npz", scores=scores,
-                        labels=np.array([s.label for s in test]),
-                        paths=np.array([str(s.path.relative_to(dataset.root)) for s in test]))
-    return metrics
+    return finish_run(
+        out_dir, LAMP_KIND, model, config.model, dataset, split,
+        checkpoint_metadata={"anomaly_map": asdict(config.anomaly_map), "amplifier": asdict(config.amplifier)},
+        metrics_head={"amplifier": asdict(config.amplifier)},
+        train_stats={"seconds": round(train_seconds, 2), "epochs": config.epochs, "images": len(fit),
+                     "images_per_second": round(len(fit) * config.epochs / train_seconds, 2),
+                     "final_loss": record["loss"], "final_mse": record["mse"]},
+        validation={"synthetic_defect_auroc": record.get("val_synthetic_auroc"), "n_good": len(val)},
+        inference=detector)

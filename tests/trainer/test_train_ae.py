@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from tests.synthetic import make_mvtec_tree
-from trainer.checkpoint import CheckpointError, load_lamp_checkpoint
+from trainer.checkpoint import CheckpointError, load_checkpoint
 from trainer.cli import main
 from trainer.data import load_dataset
 from trainer.evaluate import predict
@@ -55,7 +55,7 @@ def test_metrics_are_measured(tiny_run):
 
 def test_checkpoint_round_trip_reproduces_scores(tiny_run):
     data, out = tiny_run
-    detector, meta = load_lamp_checkpoint(out / "checkpoint.pt")
+    detector, meta = load_checkpoint(out / "checkpoint.pt", "lamp_autoencoder")
     assert meta["preprocess"] == {"size": 32, "channels": 1, "color_order": "GRAY",
                                   "scale": "uint8 / 255 -> [0, 1]", "resize": "cv2.INTER_AREA"}
     saved = np.load(out / "test_scores.npz")
@@ -74,9 +74,9 @@ def test_truncated_checkpoint_is_a_clear_error(tiny_run, tmp_path):
     bad = tmp_path / "checkpoint.pt"
     bad.write_bytes((tiny_run[1] / "checkpoint.pt").read_bytes()[:1000])
     with pytest.raises(CheckpointError, match="not a readable edge-inspect checkpoint"):
-        load_lamp_checkpoint(bad)
+        load_checkpoint(bad)
     with pytest.raises(CheckpointError, match="does not exist"):
-        load_lamp_checkpoint(tmp_path / "missing.pt")
+        load_checkpoint(tmp_path / "missing.pt")
 
 
 def test_existing_run_is_not_overwritten(tiny_run):

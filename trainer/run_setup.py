@@ -1,0 +1,78 @@
+"""Pieces every trainer shares: validation hold-out, synthetic validation set, run metadata."""
+from __future__ import annotations
+
+import resource
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from trainer.artifacts import RUN_FORMAT_VERSION, sha256_file, write_json
+from trainer.checkpoint import save_checkpoint
+from trainer.data import Dataset, Sample, Split
+from trainer.evaluate import evaluate_split, predict
+from trainer.synthetic_defects import add_synthetic_defect
+from trainer.tensors import load_images, load_masks
+
+
+def hold_out_validation(split: Split, fraction: float, seed: int) -> tuple[list[Sample], list[Sample]]:
+    """Good training images -> (fit, validation), the same for every model given the seed.
+
+    Every trainer holds out the same good images, so a hybrid of two models can fit
+    its fusion on images neither model trained on."""
+    good = [s for s in split.train if s.label == 0]
+    order = np.random.default_rng(seed).permutation(len(good))
+    n_val = round(fraction * len(good))
+    return [good[i] for i in order[n_val:]], [good[i] for i in order[:n_val]]
+
+
+def synthetic_validation_set(val_images: torch.Tensor, seed: int) -> tuple[torch.Tensor, np.ndarray]:
+    """Each held-out good image twice: as is, and with one painted defect."""
+    rng = np.random.default_rng(seed + 1)
+    defective = np.stack([add_synthetic_defect(x, rng)[0] for x in val_images.numpy()])
+    images = torch.cat([val_images, torch.from_numpy(defective)])
+    labels = np.r_[np.zeros(len(val_images)), np.ones(len(val_images))].astype(int)
+    return images, labels
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux reports KiB
+
+
+def write_run_header(out_dir, model_name: str, config: dict, dataset: Dataset, split: Split,
+                     val: list[Sample]) -> None:
+    """config.json and split.json: what was trained, on which images."""
+    write_json(out_dir / "config.json", {"format_version": RUN_FORMAT_VERSION, "model": model_name, **config})
+    doc = split.to_json(dataset.root)
+    doc["validation_good"] = [str(s.path.relative_to(dataset.root)) for s in val]
+    doc["data_fingerprint"] = dataset.fingerprint()
+    doc["layout"] = dataset.layout
+    doc["skipped"] = dict(dataset.skipped)
+    write_json(out_dir / "split.json", doc)
+
+
+def finish_run(out_dir: Path, kind: str, model, model_config, dataset: Dataset, split: Split, *,
+               checkpoint_metadata: dict, metrics_head: dict, train_stats: dict, validation: dict,
+               inference=None) -> dict:
+    """Save the checkpoint of ``model``, score the test split with ``inference`` (default:
+    ``model`` itself), write metrics.json and test_scores.npz."""
+    checkpoint = out_dir / "checkpoint.pt"
+    save_checkpoint(checkpoint, kind, model, model_config, dataset.fingerprint(), **checkpoint_metadata)
+    test = list(split.test)
+    size, channels = model_config.image_size, model_config.in_channels
+    scores, maps = predict(inference or model, load_images(test, size, channels))
+    metrics = {
+        "format_version": RUN_FORMAT_VERSION,
+        "model": kind,
+        **metrics_head,
+        "test": evaluate_split(test, scores, maps, load_masks(test, size, channels)),
+        "validation": {**validation,
+                       "note": "held-out good images vs. the same images with painted defects (a proxy)"},
+        "train": {**train_stats, "torch_threads": torch.get_num_threads(), "peak_rss_mb": round(peak_rss_mb(), 1)},
+        "checkpoint_sha256": sha256_file(checkpoint),
+        "data_fingerprint": dataset.fingerprint(),
+    }
+    write_json(out_dir / "metrics.json", metrics)
+    np.savez_compressed(out_dir / "test_scores.npz", scores=scores, labels=np.array([s.label for s in test]),
+                        paths=np.array([str(s.path.relative_to(dataset.root)) for s in test]))
+    return metrics

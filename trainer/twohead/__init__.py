@@ -1,0 +1,1 @@
+"""The two-head scorer: open-set supervised familiarity score (DRA / SaliencyCut)."""
