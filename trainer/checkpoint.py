@@ -38,7 +38,12 @@ def _build_scorer(payload: dict) -> nn.Module:
     return model
 
 
-BUILDERS = {LAMP_KIND: _build_lamp, SCORER_KIND: _build_scorer}
+def _build_hybrid(payload: dict) -> nn.Module:
+    from trainer.hybrid import build_from_checkpoint
+    return build_from_checkpoint(payload)
+
+
+BUILDERS = {LAMP_KIND: _build_lamp, SCORER_KIND: _build_scorer, "hybrid": _build_hybrid}
 
 
 def preprocess_spec(image_size: int, channels: int) -> dict:
@@ -82,5 +87,5 @@ def load_checkpoint(path: Path, kind: str | None = None) -> tuple[nn.Module, dic
         raise CheckpointError(f"{path} has checkpoint format {payload.get('format_version')}, "
                               f"this version reads {CHECKPOINT_FORMAT_VERSION}: retrain or use a matching edge-inspect")
     model = BUILDERS[found](payload).eval()
-    del payload["state_dict"]
+    payload.pop("state_dict", None)
     return model, payload

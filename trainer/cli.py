@@ -2,6 +2,7 @@
 
   edge-train ae --data DIR --out runs/NAME              LAMP autoencoder on good images (novelty)
   edge-train scorer --data DIR --k 10 --out runs/NAME   two-head scorer with SaliencyCut (familiarity)
+  edge-train hybrid --ae RUN --scorer RUN --out RUN     fuse the two into one hybrid model
 """
 from __future__ import annotations
 
@@ -40,7 +41,7 @@ def default_depth(size: int) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="edge-train", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = p.add_subparsers(dest="command", required=True, metavar="{ae,scorer}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="{ae,scorer,hybrid}")
     ae = sub.add_parser("ae", help="train the LAMP autoencoder on good images", epilog=EPILOG,
                         formatter_class=argparse.RawDescriptionHelpFormatter,
                         description="Train the LAMP autoencoder (arXiv 2308.14595) on the good images of an "
@@ -69,7 +70,26 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--topk-fraction", type=float, default=0.01)
     add_output_arguments(ae)
     add_scorer_parser(sub)
+    hy = sub.add_parser(
+        "hybrid", help="fuse a LAMP run and a two-head run into one hybrid model (familiarity + novelty)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Fuse a LAMP autoencoder run (novelty) and a two-head scorer run (familiarity), trained on "
+                    "the same data with the same --seed and --size, into one hybrid model. The fusion is fitted "
+                    "on their shared validation good images only (docs/twohead.md), and the hybrid is evaluated "
+                    "on the scorer's test split.",
+        epilog="example:\n  edge-train ae --data D --size 128 --seed 0 --out runs/ae\n"
+               "  edge-train scorer --data D --k 10 --seed 0 --out runs/sc\n"
+               "  edge-train hybrid --ae runs/ae --scorer runs/sc --out runs/hybrid")
+    hy.add_argument("--ae", type=Path, required=True, help="LAMP autoencoder run directory")
+    hy.add_argument("--scorer", type=Path, required=True, help="two-head scorer run directory")
+    hy.add_argument("--data", type=Path, default=None, help="data folder, if it moved since training")
+    hy.add_argument("--out", type=Path, required=True, help="hybrid run directory to create")
     return p
+
+
+def run_hybrid(args: argparse.Namespace) -> dict:
+    from trainer.hybrid import build_hybrid
+    return build_hybrid(args.ae, args.scorer, args.out, args.data)
 
 
 def add_data_arguments(parser: argparse.ArgumentParser, default_k: int) -> None:
@@ -195,24 +215,30 @@ def run_ae(args: argparse.Namespace) -> dict:
 
 
 def summary_lines(metrics: dict, out: Path) -> list[str]:
-    img, tr = metrics["test"]["image"], metrics["train"]
+    img, tr = metrics["test"]["image"], metrics.get("train")
     lines = [f"run: {out}",
              f"test image AUROC {img['auroc']:.4f}  AUPRC {img['auprc']:.4f}  "
              f"({img['n_good']} good, {img['n_defective']} defective)"]
+    if "fnr_at_far_0.05" in metrics["test"]:
+        c, f = metrics["components"], metrics["test"]["fnr_at_far_0.05"]
+        lines.append(f"familiarity alone AUROC {c['familiarity']['auroc']:.4f}, novelty alone "
+                     f"{c['novelty']['auroc']:.4f}; miss rate at 5% false alarms: hybrid {f['fnr']:.3f}, "
+                     f"familiarity {c['familiarity']['fnr_at_far_0.05']['fnr']:.3f}")
     if metrics["test"]["pixel"]:
         px = metrics["test"]["pixel"]
         lines.append(f"test pixel AUROC {px['auroc']:.4f}  PRO(FPR<=0.3) {px['pro_fpr0.3']:.4f}")
     else:
         lines.append(f"pixel metrics: {metrics['test']['pixel_note']}")
-    lines.append(f"train {tr['seconds']:.1f} s, {tr['images_per_second']:.1f} images/s, "
-                 f"peak memory {tr['peak_rss_mb']:.0f} MB")
+    if tr:
+        lines.append(f"train {tr['seconds']:.1f} s, {tr['images_per_second']:.1f} images/s, "
+                     f"peak memory {tr['peak_rss_mb']:.0f} MB")
     return lines
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        metrics = {"ae": run_ae, "scorer": run_scorer}[args.command](args)
+        metrics = {"ae": run_ae, "scorer": run_scorer, "hybrid": run_hybrid}[args.command](args)
     except (ValueError, FileNotFoundError, FloatingPointError) as e:
         # data-layer and config errors already name the file/flag and what to do
         print(f"edge-train: error: {e}", file=sys.stderr)

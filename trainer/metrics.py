@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["auroc", "auprc", "pixel_auroc", "pro_score"]
+__all__ = ["auroc", "auprc", "fnr_at_far", "pixel_auroc", "pro_score"]
 
 # Positives are processed in chunks of this many elements in the rank-sum
 # computation so that the temporary index arrays stay small (a few MB) even for
@@ -356,3 +356,24 @@ def _trapezoid_upto(x: np.ndarray, y: np.ndarray, x_max: float) -> float:
         x = np.append(x[:i], x_max)
         y = np.append(y[:i], y_at)
     return float(np.sum(np.diff(x) * (y[1:] + y[:-1]) / 2.0))
+
+
+def fnr_at_far(scores, labels, far: float = 0.05) -> dict:
+    """Miss rate at a fixed false-alarm rate.
+
+    The threshold t is the smallest score value that flags at most ``far`` of the
+    good images (a part is flagged when score > t); returned with the achieved
+    false-alarm rate and the false-negative rate (share of defective images with
+    score <= t). The papers' FNR@FPR operating point; it ranks models, it is not
+    a calibrated threshold (that is calibration/'s job, on held-out data).
+    """
+    if not 0 <= far < 1:
+        raise ValueError(f"far must be in [0, 1), got {far}")
+    s, y = _validate_1d(scores, labels, "FNR@FAR")
+    s = s.astype(np.float64)
+    good = np.sort(s[y == 0])
+    n_good = len(good)
+    allowed = int(np.floor(far * n_good + 1e-9))  # good images that may exceed t
+    t = good[n_good - allowed - 1]  # exactly `allowed` goods lie strictly above t, unless ties
+    return {"far_target": far, "threshold": float(t), "far": float(np.mean(good > t)),
+            "fnr": float(np.mean(s[y == 1] <= t))}

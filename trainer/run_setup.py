@@ -45,6 +45,7 @@ def write_run_header(out_dir, model_name: str, config: dict, dataset: Dataset, s
     write_json(out_dir / "config.json", {"format_version": RUN_FORMAT_VERSION, "model": model_name, **config})
     doc = split.to_json(dataset.root)
     doc["validation_good"] = [str(s.path.relative_to(dataset.root)) for s in val]
+    doc["data_root"] = str(dataset.root)
     doc["data_fingerprint"] = dataset.fingerprint()
     doc["layout"] = dataset.layout
     doc["skipped"] = dict(dataset.skipped)

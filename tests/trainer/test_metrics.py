@@ -290,3 +290,18 @@ def test_pixel_metric_errors():
         pro_score(maps, masks, max_fpr=0.0)
     with pytest.raises(ValueError, match=r"num_thresholds must be an integer >= 2"):
         pro_score(maps, masks, num_thresholds=1)
+
+
+def test_fnr_at_far_by_hand():
+    from trainer.metrics import fnr_at_far
+    good = np.arange(20, dtype=float)  # 0..19
+    bad = np.array([25.0, 19.0, 18.5, 3.0])
+    scores = np.r_[good, bad]
+    labels = np.r_[np.zeros(20), np.ones(4)].astype(int)
+    r = fnr_at_far(scores, labels, 0.05)  # 1 of 20 goods may be flagged -> t = 18
+    assert r["threshold"] == 18.0 and r["far"] == 0.05
+    assert r["fnr"] == 0.25  # only 3.0 is missed; 18.5 and 19 are above 18
+    r0 = fnr_at_far(scores, labels, 0.0)  # nothing good flagged -> t = 19
+    assert r0["threshold"] == 19.0 and r0["far"] == 0.0 and r0["fnr"] == 0.75  # 19, 18.5, 3 missed
+    with pytest.raises(ValueError, match="far must be"):
+        fnr_at_far(scores, labels, 1.0)

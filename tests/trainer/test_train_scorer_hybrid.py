@@ -1,0 +1,110 @@
+"""Short real runs of the two-head scorer (both pseudo-defect generators) and the hybrid."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from tests.synthetic import make_mvtec_tree
+from trainer.checkpoint import load_checkpoint
+from trainer.cli import main
+from trainer.data import load_dataset
+from trainer.evaluate import predict
+from trainer.hybrid import HybridOutput, robust_center_scale
+from trainer.tensors import load_images
+
+SIZE = "112"  # 112 / output stride 16 = 7x7, the smallest map the residual module accepts
+AE = ["ae", "--size", SIZE, "--depth", "2", "--base-channels", "4", "--latent-channels", "4", "--epochs", "8",
+      "--batch-size", "8", "--lr", "3e-3", "--blur-sigma", "2"]
+SCORER = ["scorer", "--size", SIZE, "--width", "8", "--epochs", "4", "--steps-per-epoch", "10", "--n-normal", "12",
+          "--n-anomaly", "6", "--lr", "1e-3", "--k", "4"]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("hybrid")
+    data = make_mvtec_tree(root / "parts", n_train_good=24, n_test_good=8, n_defect=12, size=112, seed=5)
+    common = ["--data", str(data), "--seed", "0", "--quiet", "--threads", "2"]
+    assert main([*AE, *common, "--out", str(root / "ae")]) == 0
+    for aug in ("cutpaste", "saliencycut"):
+        assert main([*SCORER, *common, "--augmentation", aug, "--out", str(root / aug)]) == 0
+    assert main(["hybrid", "--ae", str(root / "ae"), "--scorer", str(root / "saliencycut"),
+                 "--out", str(root / "hybrid")]) == 0
+    return data, root
+
+
+@pytest.mark.parametrize("aug", ["cutpaste", "saliencycut"])
+def test_scorer_separates_obvious_defects(runs, aug):
+    m = json.loads((runs[1] / aug / "metrics.json").read_text())
+    assert m["augmentation"] == aug and m["k"] == 4
+    assert m["test"]["image"]["n_defective"] == 8  # 12 defects - 4 labelled for training
+    assert m["test"]["image"]["auroc"] >= 0.9, m["test"]
+    log = [json.loads(x) for x in (runs[1] / aug / "train_log.jsonl").read_text().splitlines()]
+    assert len(log) == 4 and all(np.isfinite(r["loss"]) for r in log)
+
+
+def test_scorer_checkpoint_round_trip(runs):
+    data, root = runs
+    model, meta = load_checkpoint(root / "saliencycut" / "checkpoint.pt", "two_head_scorer")
+    assert meta["augmentation"] == "saliencycut" and meta["preprocess"]["size"] == 112
+    saved = np.load(root / "saliencycut" / "test_scores.npz")
+    by_path = {s.path.relative_to(data).as_posix(): s for s in load_dataset(data).samples}
+    scores, maps = predict(model, load_images([by_path[p] for p in saved["paths"]], 112, 1))
+    np.testing.assert_allclose(scores, saved["scores"], rtol=1e-4, atol=1e-5)
+    assert maps.shape == (len(scores), 112, 112)
+
+
+def test_hybrid_run_and_checkpoint(runs):
+    data, root = runs
+    m = json.loads((root / "hybrid" / "metrics.json").read_text())
+    assert m["test"]["image"]["auroc"] >= 0.9
+    assert set(m["components"]) == {"familiarity", "novelty"}
+    assert 0 <= m["test"]["fnr_at_far_0.05"]["fnr"] <= 1
+    assert m["test"]["pixel"] is not None  # synthetic masks -> fused-heatmap pixel metrics
+    model, meta = load_checkpoint(root / "hybrid" / "checkpoint.pt", "hybrid")
+    saved = np.load(root / "hybrid" / "test_scores.npz")
+    by_path = {s.path.relative_to(data).as_posix(): s for s in load_dataset(data).samples}
+    with torch.no_grad():
+        out = model(load_images([by_path[p] for p in saved["paths"][:4]], 112, 1))
+    assert isinstance(out, HybridOutput)
+    np.testing.assert_allclose(out.score.numpy(), saved["scores"][:4], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(out.score, out.familiarity + out.novelty)
+
+
+def test_fusion_is_fitted_on_validation_good_images_only(runs):
+    """The constants are exactly the robust statistics of the shared validation good images,
+    none of which is a test image: no test label can have entered the fusion."""
+    data, root = runs
+    split = json.loads((root / "hybrid" / "split.json").read_text())
+    val = split["validation_good"]
+    assert val and not set(val) & {e["path"] for e in split["test"]}
+    assert not set(val) & {e["path"] for e in split["train"] if e["label"] == 1}
+    by_path = {s.path.relative_to(data).as_posix(): s for s in load_dataset(data).samples}
+    assert all(by_path[p].label == 0 for p in val)
+    images = load_images([by_path[p] for p in val], 112, 1)
+    fusion = json.loads((root / "hybrid" / "fusion.json").read_text())
+    for key, run, kind in (("novelty", "ae", "lamp_autoencoder"), ("familiarity", "saliencycut", "two_head_scorer")):
+        model, _ = load_checkpoint(root / run / "checkpoint.pt", kind)
+        scores, maps = predict(model, images)
+        c, s = robust_center_scale(scores)
+        assert fusion[key]["center"] == pytest.approx(c, rel=1e-5) and fusion[key]["scale"] == pytest.approx(s, rel=1e-5)
+        c, s = robust_center_scale(maps)
+        assert fusion[f"{key}_map"]["center"] == pytest.approx(c, rel=1e-4, abs=1e-7)
+
+
+def test_hybrid_refuses_mismatched_runs(runs, tmp_path, capsys):
+    data, root = runs
+    common = ["--data", str(data), "--quiet", "--threads", "2"]
+    assert main([*SCORER, *common, "--seed", "1", "--epochs", "1", "--steps-per-epoch", "1",
+                 "--out", str(tmp_path / "other")]) == 0
+    assert main(["hybrid", "--ae", str(root / "ae"), "--scorer", str(tmp_path / "other"),
+                 "--out", str(tmp_path / "h")]) == 2
+    assert "same --seed" in capsys.readouterr().err
+    assert main(["hybrid", "--ae", str(root / "saliencycut"), "--scorer", str(root / "ae"),
+                 "--out", str(tmp_path / "h")]) == 2
+    assert "--ae needs a LAMP run" in capsys.readouterr().err
+
+
+def test_scorer_rejects_too_small_input(tmp_path, capsys):
+    assert main(["scorer", "--data", str(tmp_path), "--size", "64", "--out", str(tmp_path / "r")]) == 2
+    assert "too small" in capsys.readouterr().err
