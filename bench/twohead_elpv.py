@@ -46,21 +46,19 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "elpv")
     p.add_argument("--runs", type=Path, default=ROOT / "runs" / "bench-twohead-elpv")
-    p.add_argument("--lamp-runs", type=Path, default=ROOT / "runs" / "bench-lamp-elpv",
-                   help="run folder of bench/lamp_elpv.py (its chosen amplifier's seed runs are reused)")
+    p.add_argument("--lamp-json", type=Path, default=ROOT / "docs" / "bench" / "lamp_elpv.json",
+                   help="results of bench/lamp_elpv.py: its chosen amplifier's seed runs are reused (the script "
+                        "waits for this file after training the scorers)")
     p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--size", type=int, default=128, help="must equal the LAMP runs' size (default 128)")
     p.add_argument("--ks", type=int, nargs="+", default=[10, 1])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--fresh", action="store_true", help="retrain runs that already finished")
     args = p.parse_args()
-    lamp = json.loads((ROOT / "docs" / "bench" / "lamp_elpv.json").read_text())
-    chosen = lamp["chosen"]
-    ae_runs = {r["seed"]: Path(r["run"]) for r in lamp["evaluation"] if r["name"] == chosen}
-    size = lamp["env"]["size"]
-
+    size = args.size
     results = []
-    for k in args.ks:
+    for k in args.ks:  # the scorers first: they do not depend on the LAMP runs
         for seed in args.seeds:
             row = {"k": k, "seed": seed}
             for aug in ("cutpaste", "saliencycut"):
@@ -68,14 +66,23 @@ def main() -> None:
                                       "--k", str(k), "--seed", str(seed), "--size", str(size),
                                       "--epochs", str(args.epochs), "--augmentation", aug,
                                       "--threads", str(args.threads), "--quiet", "--overwrite")
-            row["hybrid"] = edge_train(args, args.runs / f"hybrid-k{k}-s{seed}", "hybrid", "--ae",
-                                       str(ae_runs[seed]), "--scorer", str(args.runs / f"saliencycut-k{k}-s{seed}"))
-            h = row["hybrid"]
-            print(f"k={k} seed {seed}: LAMP {h['components']['novelty']['auroc']:.4f} "
-                  f"cutpaste {row['cutpaste']['test']['image']['auroc']:.4f} "
-                  f"saliencycut {row['saliencycut']['test']['image']['auroc']:.4f} "
-                  f"hybrid {h['test']['image']['auroc']:.4f}", flush=True)
             results.append(row)
+    while not args.lamp_json.is_file():
+        print(f"waiting for {args.lamp_json}", flush=True)
+        time.sleep(60)
+    lamp = json.loads(args.lamp_json.read_text())
+    chosen = lamp["chosen"]
+    if lamp["env"]["size"] != size:
+        sys.exit(f"the LAMP runs are {lamp['env']['size']} px, the scorers {size} px: they cannot be fused")
+    ae_runs = {r["seed"]: Path(r["run"]) for r in lamp["evaluation"] if r["name"] == chosen}
+    for row in results:
+        k, seed = row["k"], row["seed"]
+        row["hybrid"] = h = edge_train(args, args.runs / f"hybrid-k{k}-s{seed}", "hybrid", "--ae", str(ae_runs[seed]),
+                                       "--scorer", str(args.runs / f"saliencycut-k{k}-s{seed}"))
+        print(f"k={k} seed {seed}: LAMP {h['components']['novelty']['auroc']:.4f} "
+              f"cutpaste {row['cutpaste']['test']['image']['auroc']:.4f} "
+              f"saliencycut {row['saliencycut']['test']['image']['auroc']:.4f} "
+              f"hybrid {h['test']['image']['auroc']:.4f}", flush=True)
     env = {"cpu_count": os.cpu_count(), "size": size, "epochs": args.epochs, "lamp_amplifier": chosen,
            "threads": args.threads}
     (ROOT / "docs" / "bench" / "twohead_elpv.json").write_text(json.dumps({"env": env, "results": results}, indent=1))
@@ -111,8 +118,8 @@ def render(env, results, ks) -> str:
 Open-set split per k and seed (seeds {', '.join(str(s) for s in sorted({r['seed'] for r in results}))}):
 test = 25% of good cells + the defective cells not drawn for training (k = {ks[0]}: {n['n_good']} good,
 {n['n_defective']} defective). Two-head scorer at the CPU defaults: {env['size']} px grayscale, ResNet-18 of width
-32 trained from scratch, output stride 16, one scale, {env['epochs']} epochs x 20 steps of 32 good + 16 labelled
-defects, Adam 2e-4. LAMP: the `{env['lamp_amplifier']}` runs of the section above (trained on the same good cells).
+16 trained from scratch, output stride 16, one scale, {env['epochs']} epochs x 20 steps of 32 good + 16 labelled
+defects, Adam 2e-4 (the `edge-train scorer` defaults). LAMP: the `{env['lamp_amplifier']}` runs of the section above (trained on the same good cells).
 Hybrid: z-scores of both fitted on the validation good cells (no labels), added. Mean ± std over seeds;
 train time is the median per run on {env['cpu_count']} CPU cores ({env['threads']} threads). The miss rate
 is the share of defective test cells scored at or below the threshold that flags 5% of the good test cells.

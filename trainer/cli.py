@@ -120,7 +120,7 @@ examples:
   edge-train scorer --data DIR --k 10 --size 448 --width 64 --output-stride 32 --scales 1 0.5 \\
       --pretrained resnet18.pth --out runs/gpu
 
-The defaults (128 px, width 32, output stride 16, one scale, 10 epochs) fit a 2-core CPU;
+The defaults (128 px, width 16, output stride 16, one scale, 10 epochs) fit a 2-core CPU;
 docs/twohead.md says what they change against the papers' setting.
 """
 
@@ -135,7 +135,7 @@ def add_scorer_parser(sub) -> None:
     m = sc.add_argument_group("model")
     m.add_argument("--size", type=int, default=128, help="input size in pixels (default 128; papers: 448)")
     m.add_argument("--channels", type=int, default=1, choices=[1, 3], help="1 = grayscale, 3 = RGB")
-    m.add_argument("--width", type=int, default=32, help="ResNet-18 first-stage channels (default 32; papers: 64)")
+    m.add_argument("--width", type=int, default=16, help="ResNet-18 first-stage channels (default 16; papers: 64)")
     m.add_argument("--output-stride", type=int, default=16, choices=[16, 32],
                    help="backbone output stride (default 16; papers: 32)")
     m.add_argument("--scales", type=float, nargs="+", default=[1.0],

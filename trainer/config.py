@@ -64,7 +64,7 @@ class ScorerModelConfig:
 
     in_channels: int = 1
     image_size: int = 128
-    width: int = 32
+    width: int = 16
     output_stride: int = 16
     scales: tuple = (1.0,)
     topk_fraction: float = 0.1
