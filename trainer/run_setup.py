@@ -1,7 +1,9 @@
 """Pieces every trainer shares: validation hold-out, synthetic validation set, run metadata."""
 from __future__ import annotations
 
+import json
 import resource
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +13,7 @@ from trainer.artifacts import RUN_FORMAT_VERSION, sha256_file, write_json
 from trainer.checkpoint import save_checkpoint
 from trainer.data import Dataset, Sample, Split
 from trainer.evaluate import evaluate_split, predict
+from trainer.metrics import auroc
 from trainer.synthetic_defects import add_synthetic_defect
 from trainer.tensors import load_images, load_masks
 
@@ -77,3 +80,27 @@ def finish_run(out_dir: Path, kind: str, model, model_config, dataset: Dataset, 
     np.savez_compressed(out_dir / "test_scores.npz", scores=scores, labels=np.array([s.label for s in test]),
                         paths=np.array([str(s.path.relative_to(dataset.root)) for s in test]))
     return metrics
+
+
+class EpochLog:
+    """End-of-epoch bookkeeping shared by the trainers: synthetic-defect validation AUROC,
+    one JSON line in train_log.jsonl, and (when stderr is not a terminal, so no progress
+    bar is drawn) a line per tenth of the run for logs and CI."""
+
+    def __init__(self, path: Path, name: str, epochs: int, progress: bool, interactive: bool,
+                 validation: tuple[torch.Tensor, np.ndarray] | None) -> None:
+        self.path, self.name, self.epochs = Path(path), name, epochs
+        self.print_lines = progress and not interactive
+        self.validation = validation
+        self.path.write_text("")
+
+    def __call__(self, record: dict, model) -> dict:
+        if self.validation is not None:
+            images, labels = self.validation
+            record["val_synthetic_auroc"] = auroc(predict(model, images)[0], labels)
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.print_lines and record["epoch"] % max(1, self.epochs // 10) == 0:
+            print(f"{self.name}: epoch {record['epoch']}/{self.epochs} loss {record['loss']:.4g} "
+                  f"{record['seconds']:.0f} s", file=sys.stderr, flush=True)
+        return record

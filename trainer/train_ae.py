@@ -9,7 +9,6 @@ Run directory (documented in docs/run-directory.md):
 """
 from __future__ import annotations
 
-import json
 import math
 import sys
 import time
@@ -22,11 +21,9 @@ from tqdm import tqdm
 from trainer.checkpoint import LAMP_KIND
 from trainer.config import AeTrainConfig
 from trainer.data import Dataset, Split
-from trainer.evaluate import predict
 from trainer.geometry import random_flips
 from trainer.lamp import LampAutoencoder, LampDetector, lamp_loss
-from trainer.metrics import auroc
-from trainer.run_setup import finish_run, hold_out_validation, synthetic_validation_set, write_run_header
+from trainer.run_setup import EpochLog, finish_run, hold_out_validation, synthetic_validation_set, write_run_header
 from trainer.tensors import load_images
 
 RUN_FILES = ("config.json", "split.json", "train_log.jsonl", "checkpoint.pt", "metrics.json")
@@ -60,11 +57,11 @@ def train_autoencoder(config: AeTrainConfig, dataset: Dataset, split: Split, out
     steps = math.ceil(len(images) / batch)
     if len(images) % batch == 1:
         steps -= 1  # a one-image tail batch breaks BatchNorm's batch statistics: drop it
-    log_path = out_dir / "train_log.jsonl"
-    log_path.write_text("")
 
     start = time.perf_counter()
     interactive = progress and sys.stderr.isatty()
+    log = EpochLog(out_dir / "train_log.jsonl", "train ae", config.epochs, progress, interactive,
+                   None if val_images is None else (val_images, val_labels))
     bar = tqdm(total=config.epochs * steps, desc="train ae", unit="step", disable=not interactive,
                mininterval=0.5)
     for epoch in range(config.epochs):
@@ -89,14 +86,7 @@ def train_autoencoder(config: AeTrainConfig, dataset: Dataset, split: Split, out
             bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.4g}")
         record = {"epoch": epoch + 1, "loss": loss_sum / steps, "mse": mse_sum / steps,
                   "seconds": round(time.perf_counter() - start, 3)}
-        if val_images is not None:
-            record["val_synthetic_auroc"] = auroc(predict(detector, val_images)[0], val_labels)
-        with open(log_path, "a") as f:
-            f.write(json.dumps(record) + "\n")
-        if progress and not interactive and (epoch + 1) % max(1, config.epochs // 10) == 0:
-            # logs and CI get a line per tenth of the run instead of a redrawn bar
-            print(f"train ae: epoch {epoch + 1}/{config.epochs} loss {record['loss']:.4g} "
-                  f"mse {record['mse']:.4g} {record['seconds']:.0f} s", file=sys.stderr, flush=True)
+        log(record, detector)
     bar.close()
     train_seconds = time.perf_counter() - start
 

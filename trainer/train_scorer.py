@@ -16,7 +16,6 @@ The run directory has the same files as the autoencoder's (docs/run-directory.md
 """
 from __future__ import annotations
 
-import json
 import math
 import sys
 import time
@@ -28,10 +27,8 @@ from tqdm import tqdm
 from trainer.checkpoint import SCORER_KIND
 from trainer.config import ScorerTrainConfig
 from trainer.data import Dataset, Split
-from trainer.evaluate import predict
 from trainer.geometry import random_dihedral
-from trainer.metrics import auroc
-from trainer.run_setup import finish_run, hold_out_validation, synthetic_validation_set, write_run_header
+from trainer.run_setup import EpochLog, finish_run, hold_out_validation, synthetic_validation_set, write_run_header
 from trainer.tensors import load_images
 from trainer.twohead.augment import cut_paste, pick_donors, saliency_cut, smooth_saliency
 from trainer.twohead.backbone import load_pretrained
@@ -103,9 +100,9 @@ def train_scorer(config: ScorerTrainConfig, dataset: Dataset, split: Split, out_
     optimiser = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     schedule = torch.optim.lr_scheduler.StepLR(optimiser, config.lr_step_epochs, config.lr_gamma)
     g = torch.Generator().manual_seed(config.seed)
-    log_path = out_dir / "train_log.jsonl"
-    log_path.write_text("")
     interactive = progress and sys.stderr.isatty()
+    log = EpochLog(out_dir / "train_log.jsonl", "train scorer", config.epochs, progress, interactive,
+                   None if val_images is None else (val_images, val_labels))
     bar = tqdm(total=config.epochs * config.steps_per_epoch, desc=f"train scorer ({config.augmentation})",
                unit="step", disable=not interactive, mininterval=0.5)
     start, images_seen = time.perf_counter(), 0
@@ -130,13 +127,7 @@ def train_scorer(config: ScorerTrainConfig, dataset: Dataset, split: Split, out_
         schedule.step()
         record = {"epoch": epoch + 1, "loss": loss_sum / config.steps_per_epoch,
                   "lr": optimiser.param_groups[0]["lr"], "seconds": round(time.perf_counter() - start, 3)}
-        if val_images is not None:
-            record["val_synthetic_auroc"] = auroc(predict(model, val_images)[0], val_labels)
-        with open(log_path, "a") as f:
-            f.write(json.dumps(record) + "\n")
-        if progress and not interactive and (epoch + 1) % max(1, config.epochs // 10) == 0:
-            print(f"train scorer: epoch {epoch + 1}/{config.epochs} loss {record['loss']:.4g} "
-                  f"{record['seconds']:.0f} s", file=sys.stderr, flush=True)
+        log(record, model)
     bar.close()
     train_seconds = time.perf_counter() - start
     return finish_run(
