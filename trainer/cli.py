@@ -84,12 +84,13 @@ def build_parser() -> argparse.ArgumentParser:
     hy.add_argument("--scorer", type=Path, required=True, help="two-head scorer run directory")
     hy.add_argument("--data", type=Path, default=None, help="data folder, if it moved since training")
     hy.add_argument("--out", type=Path, required=True, help="hybrid run directory to create")
+    hy.add_argument("--overwrite", action="store_true", help="replace an existing run directory's files")
     return p
 
 
 def run_hybrid(args: argparse.Namespace) -> dict:
     from trainer.hybrid import build_hybrid
-    return build_hybrid(args.ae, args.scorer, args.out, args.data)
+    return build_hybrid(args.ae, args.scorer, args.out, args.data, args.overwrite)
 
 
 def add_data_arguments(parser: argparse.ArgumentParser, default_k: int) -> None:
@@ -239,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         metrics = {"ae": run_ae, "scorer": run_scorer, "hybrid": run_hybrid}[args.command](args)
-    except (ValueError, FileNotFoundError, FloatingPointError) as e:
+    except (ValueError, FileNotFoundError, FileExistsError, FloatingPointError) as e:
         # data-layer and config errors already name the file/flag and what to do
         print(f"edge-train: error: {e}", file=sys.stderr)
         return 2

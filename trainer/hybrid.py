@@ -33,6 +33,7 @@ from trainer.data import Split, load_dataset
 from trainer.evaluate import evaluate_split, image_metrics, predict
 from trainer.metrics import fnr_at_far
 from trainer.tensors import load_images, load_masks
+from trainer.visualize import save_examples
 
 HYBRID_KIND = "hybrid"
 MAD_TO_STD = 1.4826  # MAD of a normal distribution x 1.4826 = its standard deviation
@@ -116,7 +117,8 @@ def check_compatible(ae_split: dict, sc_split: dict, ae_ckpt: dict, sc_ckpt: dic
         raise ValueError("cannot fuse these runs: " + "; ".join(problems))
 
 
-def build_hybrid(ae_run: Path, scorer_run: Path, out_dir: Path, data_root: Path | None = None) -> dict:
+def build_hybrid(ae_run: Path, scorer_run: Path, out_dir: Path, data_root: Path | None = None,
+                 overwrite: bool = False) -> dict:
     """Fuse a LAMP run and a two-head run (same data, seed, size) into one hybrid run directory."""
     from trainer.checkpoint import LAMP_KIND, SCORER_KIND, load_checkpoint
 
@@ -145,6 +147,8 @@ def build_hybrid(ae_run: Path, scorer_run: Path, out_dir: Path, data_root: Path 
 
     out_dir.mkdir(parents=True, exist_ok=True)
     checkpoint = out_dir / "checkpoint.pt"
+    if checkpoint.exists() and not overwrite:
+        raise FileExistsError(f"{out_dir} already holds a run: choose another --out or pass --overwrite")
     payload = {"format_version": 1, "kind": HYBRID_KIND, "preprocess": ae_ckpt["preprocess"],
                "data_fingerprint": sc_split["data_fingerprint"], "fusion": fusion,
                "members": {"novelty": ae_ckpt, "familiarity": sc_ckpt}}
@@ -176,6 +180,7 @@ def build_hybrid(ae_run: Path, scorer_run: Path, out_dir: Path, data_root: Path 
                "checkpoint_sha256": sha256_file(checkpoint), "data_fingerprint": sc_split["data_fingerprint"]}
     metrics["test"]["fnr_at_far_0.05"] = fnr_at_far(parts["score"], labels, 0.05)
     write_json(out_dir / "metrics.json", metrics)
+    save_examples(out_dir / "examples.png", images.numpy(), maps, parts["score"], labels)
     np.savez_compressed(out_dir / "test_scores.npz", labels=labels, paths=np.array(
         [s.path.relative_to(root).as_posix() for s in test]), **{f"scores_{k}": v for k, v in parts.items()},
         scores=parts["score"])

@@ -16,6 +16,7 @@ from trainer.evaluate import evaluate_split, predict
 from trainer.metrics import auroc
 from trainer.synthetic_defects import add_synthetic_defect
 from trainer.tensors import load_images, load_masks
+from trainer.visualize import save_examples
 
 
 def hold_out_validation(split: Split, fraction: float, seed: int) -> tuple[list[Sample], list[Sample]]:
@@ -64,7 +65,8 @@ def finish_run(out_dir: Path, kind: str, model, model_config, dataset: Dataset, 
     save_checkpoint(checkpoint, kind, model, model_config, dataset.fingerprint(), **checkpoint_metadata)
     test = list(split.test)
     size, channels = model_config.image_size, model_config.in_channels
-    scores, maps = predict(inference or model, load_images(test, size, channels))
+    images = load_images(test, size, channels)
+    scores, maps = predict(inference or model, images)
     metrics = {
         "format_version": RUN_FORMAT_VERSION,
         "model": kind,
@@ -77,7 +79,9 @@ def finish_run(out_dir: Path, kind: str, model, model_config, dataset: Dataset, 
         "data_fingerprint": dataset.fingerprint(),
     }
     write_json(out_dir / "metrics.json", metrics)
-    np.savez_compressed(out_dir / "test_scores.npz", scores=scores, labels=np.array([s.label for s in test]),
+    labels = np.array([s.label for s in test])
+    save_examples(out_dir / "examples.png", images.numpy(), maps, scores, labels)
+    np.savez_compressed(out_dir / "test_scores.npz", scores=scores, labels=labels,
                         paths=np.array([str(s.path.relative_to(dataset.root)) for s in test]))
     return metrics
 

@@ -107,3 +107,35 @@ def test_pretrained_errors(tmp_path):
     torch.save({"conv1.weight": torch.zeros(64, 3, 7, 7)}, tmp_path / "part.pth")
     with pytest.raises(ValueError, match="missing"):
         load_pretrained(ResNet18Features(1, 64), tmp_path / "part.pth")
+
+
+@pytest.mark.parametrize("size", [7, 8, 14])
+def test_heatmap_positions_cover_every_feature_cell(size):
+    from trainer.twohead.torch_model import heatmap_positions
+    b = size // 2 + 1
+    covered = torch.zeros(size, size, dtype=torch.bool)
+    sets = heatmap_positions(size)
+    assert sets[0] == tuple((o, o) for o in evaluation_offsets(size)[0])  # the diagonal set first
+    for positions in sets:
+        for r, c in positions:
+            covered[r:r + b, c:c + b] = True
+    assert covered.all()
+
+
+def test_heatmap_localises_a_feature_anomaly_off_the_diagonal():
+    """A head that scores feature magnitude must light up the corner cell where the features differ."""
+    torch.manual_seed(0)
+    head = PatchResidualHead(4).eval()
+    with torch.no_grad():
+        head.conv[0].weight.zero_()
+        # channels 0, 1 pass the input, channels 2, 3 its negative: after the ReLU the
+        # scoring conv sums |x0| + |x1|, whatever sign a block has in the residual
+        head.conv[0].weight[:, :, 1, 1] = torch.tensor([[1., 0, 0, 0], [0, 1, 0, 0], [-1, 0, 0, 0], [0, -1, 0, 0]])
+        head.conv[0].bias.zero_()
+        head.conv[1].running_mean.zero_(), head.conv[1].running_var.fill_(1)
+        head.scoring.weight.fill_(1.0), head.scoring.bias.zero_()
+        f = torch.zeros(1, 4, 8, 8)
+        f[0, :, 0, 7] = 3.0  # top-right corner: off the diagonal
+        _, heat = head(f)
+    assert heat.shape == (1, 1, 8, 8)
+    assert torch.nonzero(heat[0, 0] == heat.max()).tolist() == [[0, 7]]

@@ -22,7 +22,12 @@ plays every role once.
 
 The patch score maps also give a coarse heatmap: each residual patch's score is
 projected back onto the four feature-map cells it was computed from, averaged
-where patches overlap, then resized to the input.
+where patches overlap, then resized to the input. Diagonal blocks alone never
+cover the off-diagonal corners of the map, so for the heatmap the head is also
+applied to blocks at off-diagonal positions (row and column offsets from the
+same evenly spread set, in every combination); the convolutions are
+translation-invariant, so this is the same module at other positions. The
+score uses the diagonal blocks only, as the papers define it.
 """
 from __future__ import annotations
 
@@ -41,7 +46,7 @@ N_BLOCKS = 4
 
 class TwoHeadOutput(NamedTuple):
     score: torch.Tensor          # (B,) anomaly - normal: higher = more anomalous
-    anomaly_map: torch.Tensor    # (B, 1, H, W) coarse patch-level heatmap at input resolution
+    anomaly_map: torch.Tensor    # (B, 1, H, W) coarse patch-level heatmap at input resolution (zeros in training)
     normal_score: torch.Tensor   # (B,) normal head, averaged over scales
     anomaly_score: torch.Tensor  # (B,) anomaly head, averaged over scales
 
@@ -54,11 +59,22 @@ def min_feature_size() -> int:
     return s
 
 
-def evaluation_offsets(feature_size: int) -> list[tuple[int, ...]]:
-    """Four evenly spread offsets and their cyclic shifts (deterministic)."""
+def _spread_offsets(feature_size: int) -> list[int]:
     n = feature_size - (feature_size // 2 + 1) + 1
-    base = [round(i * (n - 1) / (N_BLOCKS - 1)) for i in range(N_BLOCKS)]
+    return [round(i * (n - 1) / (N_BLOCKS - 1)) for i in range(N_BLOCKS)]
+
+
+def evaluation_offsets(feature_size: int) -> list[tuple[int, ...]]:
+    """Four evenly spread diagonal offsets and their cyclic shifts (deterministic): the score."""
+    base = _spread_offsets(feature_size)
     return [tuple(base[(i + j) % N_BLOCKS] for j in range(N_BLOCKS)) for i in range(N_BLOCKS)]
+
+
+def heatmap_positions(feature_size: int) -> list[tuple[tuple[int, int], ...]]:
+    """Block (row, col) positions whose union covers every feature cell: block k of set j
+    sits at row offset base[k] and column offset base[(k + j) % 4] (j = 0 is diagonal)."""
+    base = _spread_offsets(feature_size)
+    return [tuple((base[k], base[(k + j) % N_BLOCKS]) for k in range(N_BLOCKS)) for j in range(N_BLOCKS)]
 
 
 class NormalHead(nn.Module):
@@ -79,10 +95,12 @@ class PatchResidualHead(nn.Module):
         self.scoring = nn.Conv2d(channels, 1, 1)
         self.topk_fraction = topk_fraction
 
-    def patch_scores(self, features: torch.Tensor, offsets: tuple[int, ...]) -> torch.Tensor:
-        """|score| map (B, 1, b, b) of the residual R = B4 - B3 + B2 - B1."""
+    def patch_scores(self, features: torch.Tensor, offsets: tuple) -> torch.Tensor:
+        """|score| map (B, 1, b, b) of the residual R = B4 - B3 + B2 - B1; ``offsets`` holds
+        four diagonal offsets o, or four (row, col) block positions."""
         b = features.shape[-1] // 2 + 1
-        blocks = [features[:, :, o:o + b, o:o + b] for o in offsets]
+        positions = [o if isinstance(o, tuple) else (o, o) for o in offsets]
+        blocks = [features[:, :, r:r + b, c:c + b] for r, c in positions]
         residual = blocks[3] - blocks[2] + blocks[1] - blocks[0]
         return self.scoring(self.conv(residual)).abs()
 
@@ -101,18 +119,21 @@ class PatchResidualHead(nn.Module):
             return [tuple(torch.randperm(n)[:N_BLOCKS].tolist())]
         return evaluation_offsets(feature_size)
 
-    def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Score (B,) and the back-projected patch map (B, 1, S, S)."""
+    def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Score (B,) and, in eval mode, the back-projected patch map (B, 1, S, S)."""
         s = features.shape[-1]
+        score = torch.stack([self.pool(self.patch_scores(features, o)) for o in self.offsets(s)]).mean(dim=0)
+        if self.training:
+            return score, None  # the heatmap is for inference only
         b = s // 2 + 1
-        scores, total, count = [], features.new_zeros(features.shape[0], 1, s, s), features.new_zeros(1, 1, s, s)
-        for offsets in self.offsets(s):
-            patch = self.patch_scores(features, offsets)
-            scores.append(self.pool(patch))
-            for o in offsets:  # each patch cell came from these four feature cells
-                total = total + F.pad(patch, (o, s - b - o, o, s - b - o))
-                count = count + F.pad(torch.ones_like(patch[:1]), (o, s - b - o, o, s - b - o))
-        return torch.stack(scores).mean(dim=0), total / count.clamp(min=1)
+        total, count = features.new_zeros(features.shape[0], 1, s, s), features.new_zeros(1, 1, s, s)
+        for positions in heatmap_positions(s):
+            patch = self.patch_scores(features, positions)
+            for r, c in positions:  # each patch cell came from these four feature cells
+                pad = (c, s - b - c, r, s - b - r)
+                total = total + F.pad(patch, pad)
+                count = count + F.pad(torch.ones_like(patch[:1]), pad)
+        return score, total / count
 
 
 class TwoHeadScorer(nn.Module):
@@ -143,7 +164,9 @@ class TwoHeadScorer(nn.Module):
             normal.append(self.normal_head(features))
             score, patch_map = self.anomaly_head(features)
             anomaly.append(score)
-            maps.append(F.interpolate(patch_map, size=images.shape[-2:], mode="bilinear", align_corners=False))
+            if patch_map is not None:
+                maps.append(F.interpolate(patch_map, size=images.shape[-2:], mode="bilinear", align_corners=False))
         normal_score, anomaly_score = torch.stack(normal).mean(0), torch.stack(anomaly).mean(0)
-        return TwoHeadOutput(score=anomaly_score - normal_score, anomaly_map=torch.stack(maps).mean(0),
+        anomaly_map = torch.stack(maps).mean(0) if maps else images.new_zeros(images.shape[0], 1, *images.shape[-2:])
+        return TwoHeadOutput(score=anomaly_score - normal_score, anomaly_map=anomaly_map,
                              normal_score=normal_score, anomaly_score=anomaly_score)
