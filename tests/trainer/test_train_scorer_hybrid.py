@@ -108,3 +108,21 @@ def test_hybrid_refuses_mismatched_runs(runs, tmp_path, capsys):
 def test_scorer_rejects_too_small_input(tmp_path, capsys):
     assert main(["scorer", "--data", str(tmp_path), "--size", "64", "--out", str(tmp_path / "r")]) == 2
     assert "too small" in capsys.readouterr().err
+
+
+def test_scorer_trains_from_local_pretrained_weights(tmp_path):
+    """The --pretrained path: a torchvision-layout state dict on disk seeds the backbone."""
+    from trainer.twohead.backbone import ResNet18Features
+    source = ResNet18Features(3, 64, 32)
+    torch.save({**source.state_dict(), "fc.weight": torch.zeros(1000, 512), "fc.bias": torch.zeros(1000)},
+               tmp_path / "resnet18.pth")
+    data = make_mvtec_tree(tmp_path / "parts", n_train_good=8, n_test_good=3, n_defect=4, size=112, seed=2)
+    out = tmp_path / "run"
+    assert main(["scorer", "--data", str(data), "--k", "1", "--size", SIZE, "--width", "64", "--epochs", "1",
+                 "--steps-per-epoch", "1", "--n-normal", "4", "--n-anomaly", "2", "--lr", "0",
+                 "--pretrained", str(tmp_path / "resnet18.pth"), "--quiet", "--out", str(out)]) == 0
+    model, _ = load_checkpoint(out / "checkpoint.pt", "two_head_scorer")
+    # lr 0: the trained backbone still holds the file's weights (conv1 summed over RGB for gray input)
+    torch.testing.assert_close(model.backbone.conv1.weight, source.conv1.weight.sum(dim=1, keepdim=True))
+    torch.testing.assert_close(model.backbone.layer3[0].conv1.weight, source.layer3[0].conv1.weight)
+    assert json.loads((out / "config.json").read_text())["pretrained"].endswith("resnet18.pth")
