@@ -1,0 +1,1 @@
+"""Calibration: alert thresholds with a known false-alarm rate, and INT8 calibration sets."""

@@ -1,0 +1,76 @@
+"""``edge-calibrate``: alert thresholds with a known false-alarm rate, from held-out good parts."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+EPILOG = """\
+examples:
+  # 5% false alarms at 95% confidence, from the run's held-out validation good images
+  edge-calibrate --run runs/elpv-hybrid --target-far 0.05
+  # 1% needs at least 299 held-out good images at 95% confidence: bring more
+  edge-calibrate --run runs/elpv-hybrid --data /data/line3-heldout --target-far 0.01
+  # a camera with its own lighting gets its own entry in the same calibration.json
+  edge-calibrate --run runs/elpv-hybrid --data /data/cam2-heldout --camera cam2 --target-far 0.01
+
+how many good images: a false-alarm rate a with confidence c needs at least
+ln(1 - c) / ln(1 - a) of them (a = 0.05: 59; 0.01: 299; 0.005: 598 at c = 0.95);
+--guarantee marginal (average over calibration sets) needs 1/a - 1. See docs/calibration.md.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="edge-calibrate", description=__doc__, epilog=EPILOG,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--run", type=Path, required=True, help="run directory (ae, scorer or hybrid)")
+    p.add_argument("--target-far", type=float, required=True,
+                   help="false-alarm rate to allow on good parts, e.g. 0.01 for 1%%")
+    p.add_argument("--confidence", type=float, default=0.95, help="confidence of the pac guarantee (default 0.95)")
+    p.add_argument("--guarantee", choices=["pac", "marginal"], default="pac",
+                   help="pac: FAR <= target with --confidence; marginal: FAR <= target on average (default pac)")
+    p.add_argument("--data", type=Path, default=None,
+                   help="extra held-out images (any layout edge-train reads): good ones join the run's validation "
+                        "good images, defective ones estimate the miss rate; none may have been trained on")
+    p.add_argument("--layout", default="auto", choices=["auto", "mvtec", "elpv", "folders"])
+    p.add_argument("--camera", default="*", help="camera id of this calibration (default * = all cameras)")
+    p.add_argument("--pixel-far", type=float, default=None,
+                   help="rate of good parts allowed to show a defect region (default: --target-far)")
+    p.add_argument("--min-region-area", type=int, default=None, help="smallest region in heatmap pixels")
+    p.add_argument("--out", type=Path, default=None, help="calibration file (default RUN/calibration.json)")
+    p.add_argument("--no-plots", action="store_true", help="skip the PNG report")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from calibration.calibrate import calibrate, open_run, report_lines, run_samples, trained_paths
+    from calibration.thresholds import TooFewImagesError
+    from trainer.data import load_dataset
+    try:
+        good = defective = None
+        if args.data is not None:
+            run = open_run(args.run)
+            val_good, split, _ = run_samples(run)
+            extra = load_dataset(args.data, args.layout).samples
+            trained = trained_paths(split, val_good)
+            fresh = [s for s in extra if s.path.resolve() not in trained]
+            if len(fresh) < len(extra):
+                print(f"edge-calibrate: {len(extra) - len(fresh)} image(s) of {args.data} were used in training "
+                      f"and are left out", file=sys.stderr)
+            known = {s.path.resolve() for s in val_good}
+            good = val_good + [s for s in fresh if s.label == 0 and s.path.resolve() not in known]
+            defective = [s for s in fresh if s.label == 1] or None
+        doc = calibrate(args.run, args.target_far, confidence=args.confidence, guarantee=args.guarantee,
+                        pixel_far=args.pixel_far, min_region_area=args.min_region_area, good=good,
+                        defective=defective, camera=args.camera, out=args.out, plots=not args.no_plots)
+    except (TooFewImagesError, ValueError, FileNotFoundError) as e:
+        print(f"edge-calibrate: error: {e}", file=sys.stderr)
+        return 2
+    print("\n".join(report_lines(doc, args.camera)))
+    print(f"wrote {args.out or args.run / 'calibration.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
