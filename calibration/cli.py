@@ -39,7 +39,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-region-area", type=int, default=None, help="smallest region in heatmap pixels")
     p.add_argument("--out", type=Path, default=None, help="calibration file (default RUN/calibration.json)")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG report")
+    p.add_argument("--int8", type=int, default=0, metavar="N",
+                   help="also write the INT8 calibration set (int8_calibration.npz + .json) beside the calibration "
+                        "file: N good training images through the inference preprocessing, for explicit Q/DQ "
+                        "quantisation at deploy (512 recommended; default 0 = skip)")
     return p
+
+
+def write_int8_set(run_dir: Path, count: int, out_dir: Path) -> dict:
+    """The model-input tensor of ``count`` good images the run trained on (representative of
+    production; the validation hold-out stays untouched)."""
+    from calibration.calibrate import open_run, run_samples, trained_paths
+    from calibration.int8 import CalibrationSetSpec, build_int8_calibration_set
+    run = open_run(run_dir)
+    val_good, split, _ = run_samples(run)
+    trained = trained_paths(split, val_good)
+    good = [s for s in split.train if s.label == 0 and s.path.resolve() in trained]
+    pre = run["meta"]["preprocess"]
+    return build_int8_calibration_set(good, pre["size"], pre["channels"], out_dir,
+                                      spec=CalibrationSetSpec(count=count))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -68,6 +86,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"edge-calibrate: error: {e}", file=sys.stderr)
         return 2
     print("\n".join(report_lines(doc, args.camera)))
+    if args.int8:
+        info = write_int8_set(args.run, args.int8, (args.out or args.run / "calibration.json").parent)
+        print(f"INT8 calibration set: {info['count']} good training images -> {info['npz']}"
+              + (f" ({info['note']})" if info.get("note") else ""))
     print(f"wrote {args.out or args.run / 'calibration.json'}")
     return 0
 

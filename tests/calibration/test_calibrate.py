@@ -85,3 +85,19 @@ def test_missing_run_files_and_foreign_calibration(run, tmp_path, capsys):
     assert main(["--run", str(run[1]), "--target-far", "0.2", "--guarantee", "marginal",
                  "--out", str(foreign), "--no-plots"]) == 2
     assert "another model" in capsys.readouterr().err
+
+
+def test_int8_set_from_the_cli_uses_good_training_images_only(run, capsys):
+    data, out, root = run
+    cal = root / "int8" / "calibration.json"
+    assert main(["--run", str(out), "--target-far", "0.2", "--guarantee", "marginal", "--out", str(cal),
+                 "--no-plots", "--int8", "16"]) == 0
+    assert "INT8 calibration set: 16 good training images" in capsys.readouterr().out
+    info = json.loads((cal.parent / "int8_calibration.json").read_text())
+    r = open_run(out)
+    val, split, _ = run_samples(r)
+    trained_good = {str(s.path) for s in split.train if s.label == 0} - {str(s.path) for s in val}
+    assert info["count"] == 16 and set(info["files"]) <= trained_good
+    import numpy
+    arr = numpy.load(cal.parent / "int8_calibration.npz")[info["input_name"]]
+    assert arr.shape == (16, 1, 32, 32) and arr.dtype == numpy.float32
