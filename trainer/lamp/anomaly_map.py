@@ -74,5 +74,5 @@ class AnomalyMapGenerator(nn.Module):
             return flat.amax(dim=1)
         if self.config.pooling == "mean":
             return flat.mean(dim=1)
-        k = max(1, round(self.config.topk_fraction * flat.shape[1]))
+        k = max(1, round(self.config.topk_fraction * int(flat.shape[1])))  # a constant in the exported graph
         return flat.topk(k, dim=1).values.mean(dim=1)

@@ -1,0 +1,67 @@
+"""ONNX export of every run kind, checked with the real ONNX Runtime."""
+import json
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+from deploy.export import ParityError, export_onnx, main, parity
+from tests.synthetic import make_mvtec_tree
+from trainer.checkpoint import load_checkpoint
+from trainer.cli import main as train
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("export")
+    data = make_mvtec_tree(root / "parts", n_train_good=16, n_test_good=4, n_defect=6, size=112, seed=8)
+    common = ["--data", str(data), "--seed", "0", "--quiet", "--threads", "2", "--size", "112"]
+    assert train(["ae", *common, "--depth", "2", "--base-channels", "4", "--latent-channels", "4", "--epochs", "2",
+                  "--out", str(root / "ae")]) == 0
+    assert train(["scorer", *common, "--k", "2", "--width", "8", "--epochs", "1", "--steps-per-epoch", "2",
+                  "--n-normal", "8", "--n-anomaly", "4", "--out", str(root / "sc")]) == 0
+    assert train(["hybrid", "--ae", str(root / "ae"), "--scorer", str(root / "sc"), "--out", str(root / "hy")]) == 0
+    return root
+
+
+def test_hybrid_export_dynamic_batch_and_parity(runs, tmp_path, capsys):
+    out = tmp_path / "model.onnx"
+    assert main(["--run", str(runs / "hy"), "--out", str(out)]) == 0
+    assert "parity vs torch" in capsys.readouterr().out
+    report = json.loads((tmp_path / "model.onnx.json").read_text())
+    assert report["outputs"] == ["score", "anomaly_map", "familiarity", "novelty"]
+    graph = onnx.load(str(out)).graph
+    assert [o.name for o in graph.output] == report["outputs"] and graph.input[0].name == "images"
+    model, _ = load_checkpoint(runs / "hy" / "checkpoint.pt")
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    for batch in (1, 7):  # dynamic batch, sizes the export never saw
+        x = torch.rand(batch, 1, 112, 112, generator=torch.Generator().manual_seed(batch))
+        got = session.run(None, {"images": x.numpy()})
+        with torch.no_grad():
+            ref = model(x)
+        for a, b in zip(got, ref):
+            np.testing.assert_allclose(a, b.numpy(), atol=1e-3, rtol=1e-3)
+        assert got[0].shape == (batch,) and got[1].shape == (batch, 1, 112, 112)
+
+
+@pytest.mark.parametrize("kind", ["ae", "sc"])
+def test_member_exports(runs, tmp_path, kind):
+    report = export_onnx(runs / kind, tmp_path / "m.onnx")
+    assert report["outputs"][:2] == ["score", "anomaly_map"]
+    assert max(report["parity"]["max_abs_diff"].values()) <= 1e-3 * 10
+
+
+def test_parity_catches_a_wrong_graph(runs, tmp_path):
+    export_onnx(runs / "ae", tmp_path / "m.onnx")
+    x = np.random.default_rng(0).random((2, 1, 112, 112), dtype=np.float32)
+    sess = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    score, amap = sess.run(None, {"images": x})
+    with pytest.raises(ParityError, match="score"):
+        parity(tmp_path / "m.onnx", x, [score + 0.01, amap], ["score", "anomaly_map"])
+
+
+def test_export_of_a_missing_run_is_a_clear_error(tmp_path, capsys):
+    assert main(["--run", str(tmp_path / "nope"), "--out", str(tmp_path / "m.onnx")]) == 2
+    assert "not a complete run directory" in capsys.readouterr().err
