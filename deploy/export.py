@@ -89,15 +89,22 @@ def main(argv: list[str] | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", type=Path, required=True, help="run directory (ae, scorer or hybrid)")
     p.add_argument("--out", type=Path, required=True, help="ONNX file to write, e.g. model.onnx")
+    p.add_argument("--calibration", type=Path, default=None,
+                   help="calibration.json to embed in the manifest (default: RUN/calibration.json if present)")
     args = p.parse_args(argv)
+    from deploy.manifest import write_manifest
+    calibration = args.calibration or (args.run / "calibration.json")
     try:
         report = export_onnx(args.run, args.out)
+        manifest = write_manifest(args.out, report, args.run, calibration if calibration.is_file() else None)
     except (ParityError, ValueError, FileNotFoundError) as e:
         print(f"edge-export: error: {e}", file=sys.stderr)
         return 2
     d = report["parity"]["max_abs_diff"]
     print(f"wrote {args.out} ({report['model_kind']}; outputs {', '.join(report['outputs'])}); parity vs torch on "
           f"{report['parity']['images']} images: " + ", ".join(f"{k} {v:.2g}" for k, v in d.items()))
+    print(f"manifest: {args.out}.manifest.json (model {manifest['model_version']}, calibration "
+          f"{'embedded' if manifest['calibration'] else 'none: run edge-calibrate first for alert thresholds'})")
     return 0
 
 
