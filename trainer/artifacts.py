@@ -1,20 +1,15 @@
 """Run-directory artifacts: atomic JSON writes and file fingerprints."""
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
 
+from edge.manifest import sha256_file  # one file hash for trainer and edge
+
 RUN_FORMAT_VERSION = 1
 
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+__all__ = ["RUN_FORMAT_VERSION", "read_json", "sha256_file", "write_json"]
 
 
 def write_json(path: Path, obj) -> None:

@@ -43,6 +43,23 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux reports KiB
 
 
+def start_run(out_dir: Path, model_name: str, config, dataset: Dataset, split: Split):
+    """Create the run directory, seed torch, set threads, hold out the validation good images
+    and write config.json + split.json. ``config`` has seed, threads, val_fraction, to_dict().
+    Returns (out_dir, fit, val)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(config.seed)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    fit, val = hold_out_validation(split, config.val_fraction, config.seed)
+    if len(fit) < 2:
+        raise ValueError(f"only {len(fit)} good image(s) left for training after the validation "
+                         f"hold-out: add good images or lower --val-fraction")
+    write_run_header(out_dir, model_name, config.to_dict(), dataset, split, val)
+    return out_dir, fit, val
+
+
 def write_run_header(out_dir, model_name: str, config: dict, dataset: Dataset, split: Split,
                      val: list[Sample]) -> None:
     """config.json and split.json: what was trained, on which images."""

@@ -23,7 +23,7 @@ from trainer.config import AeTrainConfig
 from trainer.data import Dataset, Split
 from trainer.geometry import random_flips
 from trainer.lamp import LampAutoencoder, LampDetector, lamp_loss
-from trainer.run_setup import EpochLog, finish_run, hold_out_validation, synthetic_validation_set, write_run_header
+from trainer.run_setup import EpochLog, finish_run, start_run, synthetic_validation_set
 from trainer.tensors import load_images
 
 RUN_FILES = ("config.json", "split.json", "train_log.jsonl", "checkpoint.pt", "metrics.json")
@@ -32,18 +32,8 @@ RUN_FILES = ("config.json", "split.json", "train_log.jsonl", "checkpoint.pt", "m
 def train_autoencoder(config: AeTrainConfig, dataset: Dataset, split: Split, out_dir: Path,
                       progress: bool = True) -> dict:
     """Train, evaluate on the split's test part, write the run directory; return the metrics."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(config.seed)
-    if config.threads:
-        torch.set_num_threads(config.threads)
+    out_dir, fit, val = start_run(out_dir, LAMP_KIND, config, dataset, split)
     size, channels = config.model.image_size, config.model.in_channels
-
-    fit, val = hold_out_validation(split, config.val_fraction, config.seed)
-    if len(fit) < 2:
-        raise ValueError(f"only {len(fit)} good image(s) left for training after the validation "
-                         f"hold-out: add good images or lower --val-fraction")
-    write_run_header(out_dir, "lamp_autoencoder", config.to_dict(), dataset, split, val)
 
     images = load_images(fit, size, channels)
     val_images, val_labels = (synthetic_validation_set(load_images(val, size, channels), config.seed)

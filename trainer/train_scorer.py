@@ -28,7 +28,7 @@ from trainer.checkpoint import SCORER_KIND
 from trainer.config import ScorerTrainConfig
 from trainer.data import Dataset, Split
 from trainer.geometry import random_dihedral
-from trainer.run_setup import EpochLog, finish_run, hold_out_validation, synthetic_validation_set, write_run_header
+from trainer.run_setup import EpochLog, finish_run, start_run, synthetic_validation_set
 from trainer.tensors import load_images
 from trainer.twohead.augment import cut_paste, pick_donors, saliency_cut, smooth_saliency
 from trainer.twohead.backbone import load_pretrained
@@ -79,16 +79,8 @@ def make_pseudo_defects(model, x, labels, config: ScorerTrainConfig, g: torch.Ge
 
 def train_scorer(config: ScorerTrainConfig, dataset: Dataset, split: Split, out_dir: Path,
                  progress: bool = True) -> dict:
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(config.seed)
-    if config.threads:
-        torch.set_num_threads(config.threads)
+    out_dir, fit, val = start_run(out_dir, SCORER_KIND, config, dataset, split)
     size, channels = config.model.image_size, config.model.in_channels
-    fit, val = hold_out_validation(split, config.val_fraction, config.seed)
-    if len(fit) < 2:
-        raise ValueError(f"only {len(fit)} good image(s) left for training: add good images or lower --val-fraction")
-    write_run_header(out_dir, SCORER_KIND, config.to_dict(), dataset, split, val)
 
     good = load_images(fit, size, channels)
     defects = load_images([s for s in split.train if s.label == 1], size, channels)
