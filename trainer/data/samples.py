@@ -271,23 +271,7 @@ def _load_mvtec(root: Path, skips: _Skips) -> tuple[list[Sample], frozenset[Path
             d, skips, "every folder in test/ is an image class (good/ or one defect type) and needs images"
         )
 
-    masks: dict[Path, Path] = {}
-    if gt.is_dir():
-        loose, gdirs = _list_dir(gt, skips)
-        skips.add("image_outside_class_folder", len(loose))
-        for d in gdirs:
-            if d.name == "good":
-                raise ImageError(f"folder {d}: good images have no defect masks; remove ground_truth/good/")
-            if d.name not in class_images:
-                mimgs, _ = _list_dir(d, _Skips())
-                if mimgs:
-                    raise ImageError(
-                        f"mask {mimgs[0]} has no image: there is no folder {test / d.name}; "
-                        f"add the defective images there or remove {d}"
-                    )
-                skips.add("unknown_folder")
-                continue
-            masks.update(_attach_masks(class_images[d.name], d, skips))
+    masks = _collect_masks(gt, class_images, test, skips) if gt.is_dir() else {}
 
     for name, imgs in class_images.items():
         if name == "good":
@@ -295,6 +279,26 @@ def _load_mvtec(root: Path, skips: _Skips) -> tuple[list[Sample], frozenset[Path
         else:
             samples += [Sample(p, 1, name, masks.get(p)) for p in imgs]
     return samples, frozenset(train_good)
+
+
+def _collect_masks(mask_root: Path, class_images: dict[str, list[Path]], image_root: Path,
+                   skips: _Skips) -> dict[Path, Path]:
+    """image path -> mask path, from ``mask_root/<defect>/`` (mvtec ground_truth/, folders masks/)."""
+    masks: dict[Path, Path] = {}
+    loose, dirs = _list_dir(mask_root, skips)
+    skips.add("image_outside_class_folder", len(loose))
+    for d in dirs:
+        if d.name == "good":
+            raise ImageError(f"folder {d}: good images have no defect masks; remove {mask_root.name}/good/")
+        if d.name not in class_images:
+            mask_files, _ = _list_dir(d, _Skips())
+            if mask_files:
+                raise ImageError(f"mask {mask_files[0]} has no image: there is no defect folder "
+                                 f"{image_root / d.name}; add the defective images there or remove {d}")
+            skips.add("unknown_folder")
+            continue
+        masks.update(_attach_masks(class_images[d.name], d, skips))
+    return masks
 
 
 def _load_folders(root: Path, skips: _Skips) -> list[Sample]:
@@ -311,24 +315,8 @@ def _load_folders(root: Path, skips: _Skips) -> list[Sample]:
                 else "every folder except good/ and masks/ is a defect class and needs images")
         class_images[d.name] = _class_images(d, skips, what)
 
-    masks: dict[Path, Path] = {}
     mroot = root / "masks"
-    if mroot.is_dir():
-        mloose, mdirs = _list_dir(mroot, skips)
-        skips.add("image_outside_class_folder", len(mloose))
-        for d in mdirs:
-            if d.name == "good":
-                raise ImageError(f"folder {d}: good images have no defect masks; remove masks/good/")
-            if d.name not in class_images:
-                mimgs, _ = _list_dir(d, _Skips())
-                if mimgs:
-                    raise ImageError(
-                        f"mask {mimgs[0]} has no image: there is no defect folder {root / d.name}; "
-                        f"add the defective images there or remove {d}"
-                    )
-                skips.add("unknown_folder")
-                continue
-            masks.update(_attach_masks(class_images[d.name], d, skips))
+    masks = _collect_masks(mroot, class_images, root, skips) if mroot.is_dir() else {}
 
     samples: list[Sample] = []
     for name, imgs in class_images.items():
