@@ -361,3 +361,17 @@ def test_real_elpv_counts():
     # the embedded sample is a byte-identical subset
     for s in load_dataset(ELPV_MINI).samples:
         assert s.path.read_bytes() == (REAL_ELPV / "images" / s.path.name).read_bytes()
+
+
+@pytest.mark.parametrize("maker, mask_dir", [(make_mvtec_tree, "ground_truth"), (make_folders_tree, "masks")])
+def test_mask_folders_without_images_or_for_good_images_are_errors(tmp_path, maker, mask_dir):
+    import shutil
+    root = maker(tmp_path / "a")
+    existing = next(p for p in (root / mask_dir).iterdir() if p.is_dir())
+    shutil.copytree(existing, root / mask_dir / "ghost")
+    with pytest.raises(ImageError, match="has no image: there is no defect folder .*ghost"):
+        load_dataset(root)
+    shutil.rmtree(root / mask_dir / "ghost")
+    shutil.copytree(existing, root / mask_dir / "good")
+    with pytest.raises(ImageError, match=f"good images have no defect masks; remove {mask_dir}/good/"):
+        load_dataset(root)
