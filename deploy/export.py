@@ -89,6 +89,8 @@ def main(argv: list[str] | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", type=Path, required=True, help="run directory (ae, scorer or hybrid)")
     p.add_argument("--out", type=Path, required=True, help="ONNX file to write, e.g. model.onnx")
+    p.add_argument("--triton", type=Path, default=None, metavar="DIR",
+                   help="also write a Triton Inference Server model repository (DIR/edge_inspect/...)")
     p.add_argument("--calibration", type=Path, default=None,
                    help="calibration.json to embed in the manifest (default: RUN/calibration.json if present)")
     args = p.parse_args(argv)
@@ -97,12 +99,17 @@ def main(argv: list[str] | None = None) -> int:
     try:
         report = export_onnx(args.run, args.out)
         manifest = write_manifest(args.out, report, args.run, calibration if calibration.is_file() else None)
+        if args.triton:
+            from deploy.triton import write_triton_repository
+            triton_config = write_triton_repository(args.out, args.triton)
     except (ParityError, ValueError, FileNotFoundError) as e:
         print(f"edge-export: error: {e}", file=sys.stderr)
         return 2
     d = report["parity"]["max_abs_diff"]
     print(f"wrote {args.out} ({report['model_kind']}; outputs {', '.join(report['outputs'])}); parity vs torch on "
           f"{report['parity']['images']} images: " + ", ".join(f"{k} {v:.2g}" for k, v in d.items()))
+    if args.triton:
+        print(f"Triton repository: {triton_config.parent} (config.pbtxt, 1/model.onnx)")
     print(f"manifest: {args.out}.manifest.json (model {manifest['model_version']}, calibration "
           f"{'embedded' if manifest['calibration'] else 'none: run edge-calibrate first for alert thresholds'})")
     return 0

@@ -65,3 +65,23 @@ def test_parity_catches_a_wrong_graph(runs, tmp_path):
 def test_export_of_a_missing_run_is_a_clear_error(tmp_path, capsys):
     assert main(["--run", str(tmp_path / "nope"), "--out", str(tmp_path / "m.onnx")]) == 2
     assert "not a complete run directory" in capsys.readouterr().err
+
+
+def test_triton_repository_layout_and_config(runs, tmp_path):
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+    out = tmp_path / "model.onnx"
+    assert main(["--run", str(runs / "hy"), "--out", str(out), "--triton", str(tmp_path / "repo")]) == 0
+    model_dir = tmp_path / "repo" / "edge_inspect"
+    assert (model_dir / "1" / "model.onnx").read_bytes() == out.read_bytes()
+    assert (model_dir / "1" / "model.onnx.manifest.json").is_file()
+    config = text_format.Parse((model_dir / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
+    graph = onnx.load(str(out)).graph
+    assert config.name == "edge_inspect" and config.platform == "onnxruntime_onnx" and config.max_batch_size == 64
+    assert [i.name for i in config.input] == [i.name for i in graph.input] == ["images"]
+    assert list(config.input[0].dims) == [1, 112, 112]
+    assert [o.name for o in config.output] == [o.name for o in graph.output]
+    by_name = {o.name: o for o in config.output}
+    assert list(by_name["score"].dims) == [1] and list(by_name["score"].reshape.shape) == []
+    assert list(by_name["anomaly_map"].dims) == [1, 112, 112]
+    assert config.HasField("dynamic_batching")
