@@ -85,6 +85,7 @@ def main() -> None:
               f"hybrid {h['test']['image']['auroc']:.4f}", flush=True)
     env = {"cpu_count": os.cpu_count(), "size": size, "epochs": args.epochs, "lamp_amplifier": chosen,
            "threads": args.threads}
+    (ROOT / "docs" / "bench").mkdir(parents=True, exist_ok=True)
     (ROOT / "docs" / "bench" / "twohead_elpv.json").write_text(json.dumps({"env": env, "results": results}, indent=1))
     write_section("twohead_elpv", render(env, results, args.ks))
     print("wrote docs/benchmarks.md and docs/bench/twohead_elpv.json")
