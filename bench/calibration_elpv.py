@@ -23,7 +23,8 @@ from report import mean_std, write_section  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from calibration.calibrate import calibrate, open_run, run_samples  # noqa: E402
+from calibration.calibrate import calibrate  # noqa: E402
+from trainer.runs import open_run, run_samples  # noqa: E402
 
 TARGETS = (0.05, 0.01)
 
@@ -38,7 +39,7 @@ def main() -> None:
     rows = []
     for seed in args.seeds:
         run_dir = args.runs / f"hybrid-k{args.k}-s{seed}"
-        val_good, split, root = run_samples(open_run(run_dir))
+        val_good, split, root = run_samples(open_run(run_dir)["split_doc"])
         saved = np.load(run_dir / "test_scores.npz")
         score_of = dict(zip(saved["paths"].tolist(), saved["scores"].tolist()))
         test_good = sorted((s for s in split.test if s.label == 0), key=lambda s: s.path.as_posix())

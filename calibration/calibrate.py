@@ -25,45 +25,15 @@ import numpy as np
 
 from calibration.thresholds import fit_threshold, miss_rate
 from edge.regions import find_regions
-from trainer.artifacts import read_json, sha256_file, write_json
-from trainer.data import Sample, Split, load_dataset
+from trainer.artifacts import read_json, write_json
+from trainer.data import Sample, Split
 from trainer.evaluate import predict
+from trainer.runs import open_run, run_samples
 from trainer.tensors import load_images
 
 CALIBRATION_FORMAT_VERSION = 1
 CALIBRATION_KIND = "edge-inspect/calibration"
 DEFAULT_CAMERA = "*"
-
-
-class RunDirectoryError(FileNotFoundError):
-    pass
-
-
-def open_run(run_dir: Path) -> dict:
-    """The run's checkpoint, split and data, or a clear error naming what is missing."""
-    run_dir = Path(run_dir)
-    missing = [f for f in ("checkpoint.pt", "split.json", "metrics.json") if not (run_dir / f).is_file()]
-    if missing:
-        raise RunDirectoryError(f"{run_dir} is not a complete run directory: missing {', '.join(missing)} "
-                                f"(train it with edge-train first)")
-    from trainer.checkpoint import load_checkpoint
-    model, meta = load_checkpoint(run_dir / "checkpoint.pt")
-    split_doc = read_json(run_dir / "split.json")
-    return {"dir": run_dir, "model": model, "meta": meta, "split_doc": split_doc,
-            "checkpoint_sha256": sha256_file(run_dir / "checkpoint.pt")}
-
-
-def run_samples(run: dict, data_root: Path | None = None) -> tuple[list[Sample], Split, Path]:
-    """(validation good samples, the run's split, data root)."""
-    doc = run["split_doc"]
-    root = Path(data_root or doc["data_root"])
-    dataset = load_dataset(root, doc["layout"])
-    by_path = {s.path.relative_to(dataset.root).as_posix(): s for s in dataset.samples}
-    missing = [p for p in doc["validation_good"] if p not in by_path]
-    if missing:
-        raise RunDirectoryError(f"{len(missing)} validation images of the run are not under {root}, "
-                                f"e.g. {missing[0]}: pass the data folder the run was trained on")
-    return [by_path[p] for p in doc["validation_good"]], Split.from_json(doc, dataset.root), dataset.root
 
 
 def trained_paths(split: Split, validation_good: Sequence[Sample]) -> set[Path]:
@@ -140,20 +110,28 @@ def calibrate(run_dir: Path, target_far: float, *, confidence: float = 0.95, gua
               pixel_far: float | None = None, min_region_area: int | None = None,
               good: Sequence[Sample] | None = None, defective: Sequence[Sample] | None = None,
               camera: str = DEFAULT_CAMERA, out: Path | None = None, plots: bool = True,
-              data_root: Path | None = None) -> dict:
+              data_root: Path | None = None, extra: Sequence[Sample] = ()) -> dict:
     """Calibrate one camera of a run and write (or update) calibration.json. ``good`` and
-    ``defective`` default to the run's validation good images and its test-split defects."""
+    ``defective`` default to the run's validation good images and its test-split defects.
+    ``extra`` (e.g. ``--data``): more held-out images; its good ones join ``good``, its
+    defective ones replace the default defects; any the run trained on are left out and counted."""
     run = open_run(run_dir)
     size, channels = run["meta"]["preprocess"]["size"], run["meta"]["preprocess"]["channels"]
-    val_good, split, root = run_samples(run, data_root)
+    val_good, split, root = run_samples(run["split_doc"], data_root)
+    trained = trained_paths(split, val_good)
     good = list(val_good if good is None else good)
+    fresh = [s for s in extra if s.path.resolve() not in trained]
+    known = {s.path.resolve() for s in good}
+    good += [s for s in fresh if s.label == 0 and s.path.resolve() not in known]
+    defective = [s for s in fresh if s.label == 1] or defective
     defective = list([s for s in split.test if s.label == 1] if defective is None else defective)
-    check_not_trained_on([*good, *defective], trained_paths(split, val_good))
+    check_not_trained_on([*good, *defective], trained)
     if any(s.label != 0 for s in good) or any(s.label != 1 for s in defective):
         raise ValueError("calibration good images must be labelled good and defective images defective")
     min_area = min_region_area if min_region_area is not None else max(4, round(5e-4 * size * size))
     entry, arrays = fit_camera(run["model"], size, channels, good, defective, target_far, confidence, guarantee,
                                pixel_far or target_far, min_area)
+    entry["held_out"]["extra_left_out_trained"] = len(extra) - len(fresh)
     entry["fitted_utc"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     out = Path(out or Path(run_dir) / "calibration.json")
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -49,10 +49,11 @@ def build_parser() -> argparse.ArgumentParser:
 def write_int8_set(run_dir: Path, count: int, out_dir: Path) -> dict:
     """The model-input tensor of ``count`` good images the run trained on (representative of
     production; the validation hold-out stays untouched)."""
-    from calibration.calibrate import open_run, run_samples, trained_paths
+    from calibration.calibrate import trained_paths
     from calibration.int8 import CalibrationSetSpec, build_int8_calibration_set
+    from trainer.runs import open_run, run_samples
     run = open_run(run_dir)
-    val_good, split, _ = run_samples(run)
+    val_good, split, _ = run_samples(run["split_doc"])
     trained = trained_paths(split, val_good)
     good = [s for s in split.train if s.label == 0 and s.path.resolve() in trained]
     pre = run["meta"]["preprocess"]
@@ -62,29 +63,21 @@ def write_int8_set(run_dir: Path, count: int, out_dir: Path) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from calibration.calibrate import calibrate, open_run, report_lines, run_samples, trained_paths
+    from calibration.calibrate import calibrate, report_lines
     from calibration.thresholds import TooFewImagesError
     from trainer.data import load_dataset
     try:
-        good = defective = None
-        if args.data is not None:
-            run = open_run(args.run)
-            val_good, split, _ = run_samples(run)
-            extra = load_dataset(args.data, args.layout).samples
-            trained = trained_paths(split, val_good)
-            fresh = [s for s in extra if s.path.resolve() not in trained]
-            if len(fresh) < len(extra):
-                print(f"edge-calibrate: {len(extra) - len(fresh)} image(s) of {args.data} were used in training "
-                      f"and are left out", file=sys.stderr)
-            known = {s.path.resolve() for s in val_good}
-            good = val_good + [s for s in fresh if s.label == 0 and s.path.resolve() not in known]
-            defective = [s for s in fresh if s.label == 1] or None
+        extra = load_dataset(args.data, args.layout).samples if args.data is not None else ()
         doc = calibrate(args.run, args.target_far, confidence=args.confidence, guarantee=args.guarantee,
-                        pixel_far=args.pixel_far, min_region_area=args.min_region_area, good=good,
-                        defective=defective, camera=args.camera, out=args.out, plots=not args.no_plots)
+                        pixel_far=args.pixel_far, min_region_area=args.min_region_area, extra=extra,
+                        camera=args.camera, out=args.out, plots=not args.no_plots)
     except (TooFewImagesError, ValueError, FileNotFoundError) as e:
         print(f"edge-calibrate: error: {e}", file=sys.stderr)
         return 2
+    left_out = doc["cameras"][args.camera]["held_out"]["extra_left_out_trained"]
+    if left_out:
+        print(f"edge-calibrate: {left_out} image(s) of {args.data} were used in training and are left out",
+              file=sys.stderr)
     print("\n".join(report_lines(doc, args.camera)))
     if args.int8:
         info = write_int8_set(args.run, args.int8, (args.out or args.run / "calibration.json").parent)

@@ -36,14 +36,14 @@ class ParityError(RuntimeError):
 def export_onnx(run_dir: Path, out: Path, parity_images: int = 8) -> dict:
     import torch
 
-    from calibration.calibrate import open_run, run_samples
     from trainer.artifacts import sha256_file, write_json
+    from trainer.runs import open_run, run_samples
     from trainer.tensors import load_images
 
     run = open_run(run_dir)
     model, meta = run["model"].eval(), run["meta"]
     size, channels = meta["preprocess"]["size"], meta["preprocess"]["channels"]
-    val_good, _, _ = run_samples(run)
+    val_good, _, _ = run_samples(run["split_doc"])
     images = load_images(val_good[:parity_images], size, channels) if val_good else torch.rand(2, channels, size, size)
     with torch.no_grad():
         reference = model(images)

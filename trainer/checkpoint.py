@@ -71,8 +71,8 @@ def save_checkpoint(path: Path, kind: str, model: nn.Module, model_config, data_
     os.replace(tmp, path)
 
 
-def load_checkpoint(path: Path, kind: str | None = None) -> tuple[nn.Module, dict]:
-    """Rebuild the inference module (eval mode); return it with the checkpoint's metadata."""
+def read_checkpoint(path: Path, kind: str | None = None) -> dict:
+    """The checkpoint's payload (state dict included), checked for kind and format version."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
@@ -86,6 +86,17 @@ def load_checkpoint(path: Path, kind: str | None = None) -> tuple[nn.Module, dic
     if payload.get("format_version") != CHECKPOINT_FORMAT_VERSION:
         raise CheckpointError(f"{path} has checkpoint format {payload.get('format_version')}, "
                               f"this version reads {CHECKPOINT_FORMAT_VERSION}: retrain or use a matching edge-inspect")
-    model = BUILDERS[found](payload).eval()
+    return payload
+
+
+def build_model(payload: dict) -> nn.Module:
+    """The inference module (eval mode) of a payload from ``read_checkpoint``."""
+    return BUILDERS[payload["kind"]](payload).eval()
+
+
+def load_checkpoint(path: Path, kind: str | None = None) -> tuple[nn.Module, dict]:
+    """Rebuild the inference module (eval mode); return it with the checkpoint's metadata."""
+    payload = read_checkpoint(path, kind)
+    model = build_model(payload)
     payload.pop("state_dict", None)
     return model, payload

@@ -29,7 +29,6 @@ import torch
 from torch import nn
 
 from trainer.artifacts import RUN_FORMAT_VERSION, read_json, sha256_file, write_json
-from trainer.data import Split, load_dataset
 from trainer.evaluate import evaluate_split, image_metrics, predict
 from trainer.metrics import fnr_at_far
 from trainer.tensors import load_images, load_masks
@@ -89,14 +88,6 @@ def fit_fusion(novelty: nn.Module, familiarity: nn.Module, val_good: torch.Tenso
     return fusion
 
 
-def _run_info(run: Path) -> tuple[dict, dict, dict]:
-    for name in ("config.json", "split.json", "checkpoint.pt"):
-        if not (run / name).is_file():
-            raise FileNotFoundError(f"{run} is not a complete run directory: {name} is missing")
-    return read_json(run / "config.json"), read_json(run / "split.json"), torch.load(
-        run / "checkpoint.pt", map_location="cpu", weights_only=True)
-
-
 def _train_good(split_doc: dict) -> set[str]:
     return {e["path"] for e in split_doc["train"] if e["label"] == 0}
 
@@ -120,27 +111,22 @@ def check_compatible(ae_split: dict, sc_split: dict, ae_ckpt: dict, sc_ckpt: dic
 def build_hybrid(ae_run: Path, scorer_run: Path, out_dir: Path, data_root: Path | None = None,
                  overwrite: bool = False) -> dict:
     """Fuse a LAMP run and a two-head run (same data, seed, size) into one hybrid run directory."""
-    from trainer.checkpoint import LAMP_KIND, SCORER_KIND, load_checkpoint
+    from trainer.checkpoint import LAMP_KIND, SCORER_KIND, build_model, read_checkpoint
+    from trainer.runs import run_samples
 
     ae_run, scorer_run, out_dir = Path(ae_run), Path(scorer_run), Path(out_dir)
-    _, ae_split, ae_ckpt = _run_info(ae_run)
-    _, sc_split, sc_ckpt = _run_info(scorer_run)
-    if ae_ckpt.get("kind") != LAMP_KIND or sc_ckpt.get("kind") != SCORER_KIND:
+    ae_split, sc_split = read_json(ae_run / "split.json"), read_json(scorer_run / "split.json")
+    ae_ckpt, sc_ckpt = read_checkpoint(ae_run / "checkpoint.pt"), read_checkpoint(scorer_run / "checkpoint.pt")
+    if ae_ckpt["kind"] != LAMP_KIND or sc_ckpt["kind"] != SCORER_KIND:
         raise ValueError(f"--ae needs a LAMP run and --scorer a two-head run; got kinds "
-                         f"{ae_ckpt.get('kind')!r} and {sc_ckpt.get('kind')!r}")
+                         f"{ae_ckpt['kind']!r} and {sc_ckpt['kind']!r}")
     check_compatible(ae_split, sc_split, ae_ckpt, sc_ckpt)
-    root = Path(data_root or sc_split["data_root"])
-    dataset = load_dataset(root, sc_split["layout"])
-    if dataset.fingerprint() != sc_split["data_fingerprint"]:
-        raise ValueError(f"the data at {root} is not the data the runs were trained on (fingerprint differs)")
-    split = Split.from_json(sc_split, root)  # test on the scorer's split: its k defects are not in it
-    by_path = {s.path.relative_to(root).as_posix(): s for s in dataset.samples}
-    val = [by_path[p] for p in sc_split["validation_good"]]
+    # test on the scorer's split: its k training defects are not in it
+    val, split, root = run_samples(sc_split, data_root)
     if not val:
         raise ValueError("the runs have no validation good images to fit the fusion on: retrain with --val-fraction > 0")
 
-    novelty, _ = load_checkpoint(ae_run / "checkpoint.pt", LAMP_KIND)
-    familiarity, _ = load_checkpoint(scorer_run / "checkpoint.pt", SCORER_KIND)
+    novelty, familiarity = build_model(ae_ckpt), build_model(sc_ckpt)
     size, channels = ae_ckpt["preprocess"]["size"], ae_ckpt["preprocess"]["channels"]
     fusion = fit_fusion(novelty, familiarity, load_images(val, size, channels))
     hybrid = HybridDetector(novelty, familiarity, fusion).eval()
@@ -189,8 +175,8 @@ def build_hybrid(ae_run: Path, scorer_run: Path, out_dir: Path, data_root: Path 
 
 def build_from_checkpoint(payload: dict) -> HybridDetector:
     """Rebuild a hybrid from its checkpoint (registered in trainer.checkpoint.BUILDERS)."""
-    from trainer.checkpoint import BUILDERS
-    members = {name: BUILDERS[m["kind"]](m).eval() for name, m in payload["members"].items()}
+    from trainer.checkpoint import build_model
+    members = {name: build_model(m) for name, m in payload["members"].items()}
     return HybridDetector(members["novelty"], members["familiarity"], payload["fusion"])
 
 

@@ -3,7 +3,8 @@ import json
 
 import pytest
 
-from calibration.calibrate import calibrate, open_run, run_samples
+from calibration.calibrate import calibrate
+from trainer.runs import open_run, run_samples
 from calibration.cli import main
 from calibration.thresholds import fit_threshold
 from edge.verdict import normalised_score
@@ -39,7 +40,7 @@ def test_calibration_file_and_report(run, capsys):
         assert (out / name).stat().st_size > 1000
     # the threshold is the conformal order statistic of the validation scores, recomputed here
     r = open_run(out)
-    val, _, _ = run_samples(r)
+    val, _, _ = run_samples(r["split_doc"])
     scores, maps = predict(r["model"], load_images(val, 32, 1))
     assert cam["image"]["threshold"] == pytest.approx(fit_threshold(scores, 0.2, guarantee="marginal").threshold)
     assert cam["pixel"]["threshold"] == pytest.approx(
@@ -70,7 +71,7 @@ def test_per_camera_entries_and_held_out_data(run, capsys):
 def test_training_images_are_refused(run):
     data, out, _ = run
     r = open_run(out)
-    _, split, _ = run_samples(r)
+    _, split, _ = run_samples(r["split_doc"])
     trained_good = [s for s in split.train if s.label == 0][:3]
     with pytest.raises(ValueError, match="used to train the model"):
         calibrate(out, 0.5, guarantee="marginal", good=trained_good, plots=False, out=out.parent / "y.json")
@@ -95,7 +96,7 @@ def test_int8_set_from_the_cli_uses_good_training_images_only(run, capsys):
     assert "INT8 calibration set: 16 good training images" in capsys.readouterr().out
     info = json.loads((cal.parent / "int8_calibration.json").read_text())
     r = open_run(out)
-    val, split, _ = run_samples(r)
+    val, split, _ = run_samples(r["split_doc"])
     trained_good = {str(s.path) for s in split.train if s.label == 0} - {str(s.path) for s in val}
     assert info["count"] == 16 and set(info["files"]) <= trained_good
     import numpy
