@@ -53,7 +53,7 @@ def export_onnx(run_dir: Path, out: Path, parity_images: int = 8) -> dict:
     tmp = out.with_name(out.name + ".tmp")
     torch.onnx.export(model, (images[:2],), tmp, input_names=[INPUT_NAME], output_names=names, opset_version=OPSET,
                       dynamo=True, dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=MAX_BATCH)},),
-                      verbose=False)
+                      verbose=False, external_data=False)  # weights inside: one file, one sha256
     import onnx
     onnx.checker.check_model(str(tmp))
     diffs = parity(tmp, images.numpy(), [t.numpy() for t in reference], names)

@@ -57,3 +57,42 @@ def load_manifest(engine: Path, verify_checksum: bool = True) -> dict:
         raise ManifestError(f"{engine} does not match its manifest (sha256 differs): the file was changed or "
                             f"truncated; copy it again or rebuild it with edge-export / edge-build")
     return doc
+
+
+def rebuild_command(manifest: dict) -> str:
+    """The ``edge-build`` command line that rebuilds this manifest's TensorRT engine on this machine."""
+    build = manifest["engine"].get("build") or {}
+    cmd = (f"edge-build --onnx {manifest.get('onnx', {}).get('file', 'model.onnx')} "
+           f"--out {manifest['engine']['file']} --precision {build.get('precision', 'fp32')}")
+    if build.get("max_batch"):
+        cmd += f" --max-batch {build['max_batch']}"
+    if build.get("precision") == "int8":
+        cmd += " --calibration calibration.json"   # the INT8 set int8_calibration.npz lies beside it
+    if build.get("dla_core") is not None:
+        cmd += f" --dla-core {build['dla_core']}"
+    return cmd
+
+
+def check_tensorrt_build(manifest: dict, tensorrt_version: str, compute_capability: str) -> None:
+    """Refuse a TensorRT engine built by another TensorRT version or for another GPU architecture.
+
+    A serialized TensorRT engine runs only with the exact TensorRT version that built it, on
+    the GPU architecture (compute capability) it was built for; deserializing it elsewhere
+    fails or, worse, half-works. The fix is always the same: rebuild on this machine from the
+    ONNX that sits beside the engine. ``compute_capability`` is "major.minor", e.g. "8.7".
+    """
+    engine = manifest.get("engine", {})
+    build = engine.get("build")
+    if engine.get("format") != "tensorrt" or not isinstance(build, dict):
+        raise ManifestError(f"the manifest of {engine.get('file')} describes no TensorRT build: "
+                            f"build the engine with `edge-build --onnx model.onnx --out {engine.get('file')}`")
+    problems = []
+    if build.get("tensorrt_version") != tensorrt_version:
+        problems.append(f"it was built with TensorRT {build.get('tensorrt_version')}, this machine has "
+                        f"TensorRT {tensorrt_version}")
+    if build.get("compute_capability") != compute_capability:
+        problems.append(f"it was built for compute capability {build.get('compute_capability')} "
+                        f"({build.get('gpu', 'unknown GPU')}), this GPU has {compute_capability}")
+    if problems:
+        raise ManifestError(f"TensorRT engine {engine.get('file')} cannot run here: {'; '.join(problems)}. "
+                            f"Rebuild it on this machine from the ONNX beside it: `{rebuild_command(manifest)}`")

@@ -36,8 +36,10 @@ def _onnx(path: Path, manifest: dict) -> Backend:
 
 
 def _tensorrt(path: Path, manifest: dict) -> Backend:
-    raise BackendError(f"{path}: the TensorRT backend is not built yet in this version of edge-inspect; "
-                       f"run the ONNX model ({path.with_suffix('.onnx').name}) with ONNX Runtime meanwhile")
+    # The module imports tensorrt and cuda-python only when a backend is opened, so a missing
+    # TensorRT is a BackendError saying what to install, not an ImportError at start-up.
+    from edge.backends.tensorrt_backend import TensorRTBackend
+    return TensorRTBackend(path, manifest)
 
 
 BACKENDS = {".onnx": _onnx, ".plan": _tensorrt}

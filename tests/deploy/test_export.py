@@ -34,6 +34,9 @@ def test_hybrid_export_dynamic_batch_and_parity(runs, tmp_path, capsys):
     assert report["outputs"] == ["score", "anomaly_map", "familiarity", "novelty"]
     graph = onnx.load(str(out)).graph
     assert [o.name for o in graph.output] == report["outputs"] and graph.input[0].name == "images"
+    # every weight is inside the one file the manifest's sha256 covers (no external .data file)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx", "model.onnx.json", "model.onnx.manifest.json"]
+    assert not any(onnx.external_data_helper.uses_external_data(t) for t in graph.initializer)
     model, _ = load_checkpoint(runs / "hy" / "checkpoint.pt")
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     for batch in (1, 7):  # dynamic batch, sizes the export never saw
