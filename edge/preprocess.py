@@ -40,3 +40,38 @@ def to_model_input(frame: np.ndarray, size: int, channels: int) -> np.ndarray:
     if resized.ndim == 2:  # cv2 drops a trailing channel axis of length 1
         resized = resized[:, :, None]
     return np.ascontiguousarray(resized.transpose(2, 0, 1), dtype=np.float32) / np.float32(255.0)
+
+
+# Camera pixel formats (GenICam PFNC names) -> the conversion to each model colour order.
+_CONVERSIONS = {
+    ("BGR8", "RGB"): cv2.COLOR_BGR2RGB, ("BGR8", "GRAY"): cv2.COLOR_BGR2GRAY,
+    ("Mono8", "RGB"): cv2.COLOR_GRAY2RGB, ("Mono8", "GRAY"): None,
+}
+
+
+def frame_to_model_pixels(frame: np.ndarray, pixel_format: str, size: int, color_order: str,
+                          roi: tuple[int, int, int, int] | None = None) -> np.ndarray:
+    """A camera frame -> uint8 (C, size, size) in the model's colour order: ROI crop, colour
+    conversion, INTER_AREA resize. ``to_model_input`` of the result / 255 is what the model
+    saw in training, so the pipeline sends 1 byte per pixel and scales just before the engine."""
+    if not isinstance(frame, np.ndarray) or frame.dtype != np.uint8:
+        raise PreprocessError(f"frame must be uint8, got {getattr(frame, 'dtype', type(frame).__name__)}")
+    if (pixel_format, color_order) not in _CONVERSIONS:
+        raise PreprocessError(f"cannot turn {pixel_format} frames into {color_order} model input")
+    want_ndim = 3 if pixel_format == "BGR8" else 2
+    if frame.ndim != want_ndim or (want_ndim == 3 and frame.shape[2] != 3) or 0 in frame.shape:
+        raise PreprocessError(f"a {pixel_format} frame cannot have shape {frame.shape}")
+    if roi is not None:
+        x, y, w, h = roi
+        if x < 0 or y < 0 or w <= 0 or h <= 0 or x + w > frame.shape[1] or y + h > frame.shape[0]:
+            raise PreprocessError(f"ROI {roi} lies outside the {frame.shape[1]}x{frame.shape[0]} frame")
+        frame = frame[y:y + h, x:x + w]
+    code = _CONVERSIONS[(pixel_format, color_order)]
+    # Convert, then resize: the order training used (read_image converts, to_model_input resizes).
+    out = cv2.cvtColor(frame, code) if code is not None else frame
+    out = cv2.resize(out, (size, size), interpolation=RESIZE_INTERPOLATION)
+    if out.ndim == 2:
+        out = out[None]
+    else:
+        out = out.transpose(2, 0, 1)
+    return np.ascontiguousarray(out)

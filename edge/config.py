@@ -1,0 +1,43 @@
+"""The pipeline's settings: one plain dataclass shared by ``edge-run`` and its stage processes."""
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass, field
+
+STAGES = ("capture", "preprocess", "score", "alert")
+
+
+def local_endpoints() -> dict[str, str]:
+    """ipc:// endpoints in a private temporary folder, for stages that share a host."""
+    d = tempfile.mkdtemp(prefix="edge-run-")
+    return {name: f"ipc://{os.path.join(d, name)}" for name in ("frames", "batches", "scored", "metrics")}
+
+
+@dataclass
+class PipelineConfig:
+    engine: str = ""
+    sources: list[str] = field(default_factory=list)        # --source values, parsed by edge.sources
+    rois: dict[str, list[int]] = field(default_factory=dict)  # camera -> [x, y, w, h]
+    loop: bool = False
+    no_drop: bool = False
+    fps_limit: float | None = None
+    max_batch: int | None = None          # None: the engine's
+    publish: str = "all"                  # "all" verdicts or only "defects" (NotOK + NotDecidable)
+    thumbnails: str = "defects"           # heatmap thumbnails on "all", "defects" or "none" alerts
+    threshold: float | None = None        # overrides the manifest's calibrated threshold (explicitly)
+    node_id: str = ""
+    alerts_addr: str = "tcp://127.0.0.1:5560"
+    frames_addr: str = ""                 # capture -> preprocess
+    batches_addr: str = ""                # preprocess -> score
+    scored_addr: str = ""                 # score -> alert
+    metrics_addr: str = ""                # every stage -> supervisor
+    frames_inline: bool = False           # pixels over the socket (stages on different hosts) vs. shared memory
+    upstreams: int = 1                    # how many processes feed the first remote stage (end-of-stream count)
+    wait_subscribers: int = 0             # alert stage waits for this many subscribers before frames flow
+    wait_subscribers_s: float = 10.0
+    ring_slots: int = 8
+    stall_timeout_s: float = 5.0
+    metrics_interval_s: float = 0.5
+    parent_pid: int = 0                   # stage processes exit if this process goes away
+    is_simulated: bool = False            # alerts say so (demo runs)

@@ -1,0 +1,310 @@
+"""``edge-run``: start the pipeline's stage processes, watch them, report, stop them cleanly.
+
+    capture --frames--> preprocess --batches--> score --scored--> alert --PUB--> PLC/MES (edge-alerts)
+
+One command starts every stage as its own process (``--stages`` picks a subset, so
+a plant can run capture on a camera box and the rest on a GPU box: give both the
+same addresses). The supervisor (this process) collects each stage's metrics,
+prints them every ``--print-every`` seconds, serves them to Prometheus on
+``--metrics-port``, and on SIGINT/SIGTERM stops capture first so that every frame
+already in flight is scored and alerted before the stages exit. A stage never
+outlives the supervisor (each checks its parent).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import multiprocessing as mp
+import os
+import signal
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import zmq
+
+from edge.backends import BackendError
+from edge.config import STAGES, PipelineConfig, local_endpoints
+from edge.frame_ring import remove_stale_rings
+from edge.manifest import ManifestError, load_manifest
+from edge.metrics import MetricsServer, format_summary
+from edge.sources import parse_source
+from edge.stages.base import decode_snapshot
+from edge.wire import MessageError, make_socket, unpack
+
+log = logging.getLogger("edge")
+STOP_GRACE_S = 20.0
+
+
+def _stage_main(name: str, cfg: dict) -> None:
+    """Entry point of a stage process (spawned: a fresh interpreter, no inherited sockets)."""
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {name:>10} %(levelname)s %(message)s")
+    import faulthandler
+    import importlib
+    faulthandler.register(signal.SIGUSR1)   # `kill -USR1 <pid>` prints where a stuck stage is
+    try:
+        importlib.import_module(f"edge.stages.{name}").run(PipelineConfig(**cfg))
+    except (BackendError, ManifestError, ValueError, OSError, zmq.ZMQError) as e:
+        log.error("%s stage cannot run: %s", name, e)
+        sys.exit(2)
+
+
+class Supervisor:
+    def __init__(self, cfg: PipelineConfig, stages: list[str], print_every: float, metrics_port: int | None,
+                 duration: float | None, quiet: bool) -> None:
+        self.cfg, self.stages, self.print_every, self.duration, self.quiet = cfg, stages, print_every, duration, quiet
+        self.ctx = zmq.Context()
+        self.metrics_in = make_socket(self.ctx, zmq.PULL, hwm=1000)
+        self.metrics_in.bind(cfg.metrics_addr)
+        self.snapshots: dict[str, dict] = {}
+        self.ready: set[str] = set()
+        self.procs: dict[str, mp.Process] = {}
+        self.stop_requested = False
+        self.server = MetricsServer(metrics_port, lambda: dict(self.snapshots)) if metrics_port is not None else None
+        self.started = self.first_frame = None
+
+    def spawn(self, name: str) -> None:
+        p = mp.get_context("spawn").Process(target=_stage_main, args=(name, asdict(self.cfg)), name=f"edge-{name}")
+        p.start()
+        self.procs[name] = p
+
+    def drain_metrics(self, timeout_ms: int) -> None:
+        if not self.metrics_in.poll(timeout_ms):
+            return
+        while True:
+            try:
+                header, _ = unpack(self.metrics_in.recv_multipart(zmq.NOBLOCK, copy=False))
+                snap = decode_snapshot(header)
+            except zmq.Again:
+                return
+            except MessageError as e:
+                log.warning("supervisor: bad metrics message: %s", e)
+                continue
+            self.snapshots[snap["stage"]] = snap
+            if header.get("ready"):
+                self.ready.add(snap["stage"])
+
+    def request_stop(self, *_) -> None:
+        self.stop_requested = True
+
+    def stop_capture(self) -> None:
+        """Stop the head of the local pipeline; end-of-stream then flows down and ends the rest."""
+        head = next((self.procs[s] for s in STAGES if s in self.procs and self.procs[s].is_alive()), None)
+        if head is not None:
+            os.kill(head.pid, signal.SIGTERM)
+
+    def run(self) -> int:
+        signal.signal(signal.SIGINT, self.request_stop)
+        signal.signal(signal.SIGTERM, self.request_stop)
+        if self.server:
+            self.server.start()
+            log.info("metrics on http://127.0.0.1:%d/metrics", self.server.port)
+        # Downstream first; capture only once every local stage is ready (engine loaded,
+        # subscribers joined), so the first frames are not lost to a stage still starting.
+        for name in reversed(self.stages):
+            if name != "capture":
+                self.spawn(name)
+        self.started = time.monotonic()
+        last_print, prev, stopping_since, failed = time.monotonic(), None, None, None
+        while True:
+            self.drain_metrics(100)
+            now = time.monotonic()
+            if "capture" in self.stages and "capture" not in self.procs and not self.stop_requested:
+                if self.ready >= set(self.stages) - {"capture"}:
+                    self.spawn("capture")
+                    self.started = time.monotonic()
+            dead = [n for n, p in self.procs.items() if p.exitcode not in (None, 0)]
+            if dead and failed is None:
+                failed = dead[0]
+                log.error("%s stage exited with code %s: stopping the pipeline", failed, self.procs[failed].exitcode)
+                self.stop_requested = True
+            if self.duration is not None and now - self.started >= self.duration:
+                self.stop_requested = True
+            if self.stop_requested and stopping_since is None:
+                stopping_since = now
+                self.stop_capture()
+            if stopping_since is not None and now - stopping_since > STOP_GRACE_S:
+                self.terminate_all()
+            if self.procs and all(p.exitcode is not None for p in self.procs.values()) and \
+                    (self.stop_requested or "capture" in self.procs or "capture" not in self.stages):
+                break
+            if not self.quiet and now - last_print >= self.print_every and self.snapshots:
+                print(format_summary(self.snapshots, prev), flush=True)
+                prev, last_print = {k: dict(v) for k, v in self.snapshots.items()}, now
+        self.drain_metrics(200)
+        elapsed = time.monotonic() - self.started
+        for p in self.procs.values():
+            p.join(1)
+        if "capture" in self.procs:   # a capture stage that was killed cannot remove its rings itself
+            remove_stale_rings(self.procs["capture"].pid)
+        if self.server:
+            self.server.close()
+        self.ctx.destroy(linger=0)
+        self.summary = run_summary(self.snapshots, elapsed)
+        self.summary["stage_pids"] = {name: p.pid for name, p in self.procs.items()}
+        return 1 if failed else 0
+
+    def terminate_all(self) -> None:
+        for p in self.procs.values():
+            if p.is_alive():
+                p.terminate()
+        deadline = time.monotonic() + 5
+        for p in self.procs.values():
+            p.join(max(0.0, deadline - time.monotonic()))
+            if p.is_alive():
+                p.kill()
+
+
+def _total(snapshot: dict | None, counter: str) -> int:
+    return sum((snapshot or {}).get("counters", {}).get(counter, {}).values())
+
+
+def run_summary(snapshots: dict[str, dict], elapsed_s: float) -> dict:
+    """The end-of-run figures: frames, verdicts, drops, frames/s, capture->alert latency."""
+    alert = snapshots.get("alert")
+    latency = (alert or {}).get("latency_ms", {}).get("latency_ms", {}).get("", {})
+    judged = sum(_total(alert, f"verdict_{v}") for v in ("OK", "NotOK", "NotDecidable"))
+    return {
+        "frames_captured": _total(snapshots.get("capture"), "frames_in"),
+        "frames_judged": judged,
+        "verdicts": {v: _total(alert, f"verdict_{v}") for v in ("OK", "NotOK", "NotDecidable")},
+        "alerts_published": _total(alert, "alerts_published"),
+        "dropped": {s: _total(snap, "dropped") for s, snap in snapshots.items() if _total(snap, "dropped")},
+        "malformed": {s: _total(snap, "malformed") for s, snap in snapshots.items() if _total(snap, "malformed")},
+        "elapsed_s": round(elapsed_s, 3),
+        "frames_per_s": round(judged / elapsed_s, 2) if elapsed_s > 0 else None,
+        "latency_ms_p50": latency.get("p50"),
+        "latency_ms_p99": latency.get("p99"),
+    }
+
+
+def print_summary(s: dict) -> None:
+    v = s["verdicts"]
+    print(f"edge-run: {s['frames_judged']} frames judged of {s['frames_captured']} captured in {s['elapsed_s']:.1f} s "
+          f"({s['frames_per_s']} frames/s): {v['NotOK']} defect(s) flagged, {v['OK']} OK, "
+          f"{v['NotDecidable']} not decidable; capture->alert latency p50 "
+          f"{_ms(s['latency_ms_p50'])} p99 {_ms(s['latency_ms_p99'])}; "
+          f"dropped {sum(s['dropped'].values())}, malformed {sum(s['malformed'].values())}", flush=True)
+
+
+def _ms(x) -> str:
+    return "n/a" if x is None else f"{x:.1f} ms"
+
+
+def parse_roi(text: str) -> tuple[str, list[int]]:
+    try:
+        camera, box = text.split("=", 1)
+        x, y, w, h = (int(v) for v in box.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--roi {text!r}: expected CAMERA=x,y,w,h (pixels), e.g. cam0=100,50,640,480")
+    if x < 0 or y < 0 or w <= 0 or h <= 0:
+        raise argparse.ArgumentTypeError(f"--roi {text!r}: x, y must be >= 0 and w, h > 0")
+    return camera, [x, y, w, h]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="edge-run", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Run the inspection pipeline: capture -> preprocess -> score -> alert over ZeroMQ.",
+        epilog="""examples:
+  # the bundled model over the bundled images, as one camera, every frame judged
+  edge-run --engine edge/bundled/model.onnx --source trainer/sample_data/elpv_mini/images --no-drop
+  # two live cameras (USB index 0 and an RTSP camera), TensorRT engine, defects only, Prometheus on :9100
+  edge-run --engine model.plan --source top=0 --source side=rtsp://10.0.0.7/stream \\
+           --publish defects --metrics-port 9100
+  # listen to the verdicts (another shell, or the PLC/MES bridge)
+  edge-alerts --connect tcp://127.0.0.1:5560
+  # stages on two hosts: capture on the camera box, the rest on the GPU box
+  gpu-box$    edge-run --engine model.plan --stages preprocess,score,alert --frames-addr tcp://0.0.0.0:5550
+  camera-box$ edge-run --engine model.plan --stages capture --frames-inline --frames-addr tcp://gpu-box:5550 \\
+              --source 0
+
+Live sources drop the oldest frames when the pipeline falls behind (every drop is counted
+per camera); --no-drop makes a file source wait instead. A camera that stops sending is
+reopened with back-off and reported as a NotDecidable alert ("camera blind").""")
+    p.add_argument("--engine", type=Path, required=True, help="model.plan (TensorRT) or model.onnx (ONNX Runtime), "
+                   "with its .manifest.json beside it")
+    p.add_argument("--source", action="append", default=[], metavar="[NAME=]SOURCE",
+                   help="camera source, repeatable: video file, image folder, device index, rtsp/http URL, "
+                        "GStreamer pipeline; NAME is the camera id in alerts (default cam0, cam1, ...)")
+    p.add_argument("--roi", action="append", default=[], type=parse_roi, metavar="CAMERA=x,y,w,h",
+                   help="crop this camera's frames to the part before resizing (repeatable)")
+    p.add_argument("--loop", action="store_true", help="file sources start over at their end instead of ending the run")
+    p.add_argument("--no-drop", action="store_true", help="process every frame (file sources wait for the pipeline)")
+    p.add_argument("--stall-timeout", type=float, default=5.0, metavar="S",
+                   help="a live camera silent for S seconds is reported blind and reopened (default 5)")
+    p.add_argument("--fps", type=float, default=None, help="pace file sources like a camera at this frame rate")
+    p.add_argument("--max-batch", type=int, default=None, help="frames per engine call (default: the engine's max)")
+    p.add_argument("--publish", choices=["all", "defects"], default="all",
+                   help="publish an alert for every verdict, or only NotOK / NotDecidable (default all)")
+    p.add_argument("--thumbnails", choices=["all", "defects", "none"], default="defects",
+                   help="attach a JPEG heatmap overlay to these alerts (default defects)")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="raw score threshold, overriding the manifest's calibrated one (say why in your logbook)")
+    p.add_argument("--node-id", default="", help="this node's name in alerts (default: host name)")
+    p.add_argument("--alerts-addr", default="tcp://127.0.0.1:5560",
+                   help="where the alert PUB socket binds (default tcp://127.0.0.1:5560; tcp://0.0.0.0:5560 for the plant)")
+    p.add_argument("--wait-subscribers", type=int, default=0, metavar="N",
+                   help="hold the frames until N alert subscribers have joined (at most 10 s)")
+    p.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus metrics on this HTTP port")
+    p.add_argument("--print-every", type=float, default=5.0, metavar="S", help="print metrics every S seconds")
+    p.add_argument("--duration", type=float, default=None, metavar="S", help="stop cleanly after S seconds")
+    p.add_argument("--stages", default=",".join(STAGES), help="the stages this process runs (default: all four)")
+    for hop in ("frames", "batches", "scored"):
+        p.add_argument(f"--{hop}-addr", default="", metavar="ADDR",
+                       help=f"ZeroMQ endpoint of the {hop} hop (default: private ipc:// when the stages share this host)")
+    p.add_argument("--frames-inline", action="store_true",
+                   help="send pixels over the frames socket (capture on another host) instead of shared memory")
+    p.add_argument("--upstreams", type=int, default=1, help="capture processes feeding this preprocess stage")
+    p.add_argument("--simulated", action="store_true", help="mark alerts as simulated (demos, commissioning)")
+    p.add_argument("--summary-json", type=Path, default=None, help="also write the end-of-run summary here")
+    p.add_argument("--quiet", action="store_true", help="no periodic metrics lines")
+    return p
+
+
+def config_from_args(a: argparse.Namespace) -> tuple[PipelineConfig, list[str]]:
+    stages = [s.strip() for s in a.stages.split(",") if s.strip()]
+    unknown = [s for s in stages if s not in STAGES]
+    if unknown or not stages:
+        raise SystemExit(f"edge-run: --stages {a.stages!r}: choose from {', '.join(STAGES)}")
+    if "capture" in stages and not a.source:
+        raise SystemExit("edge-run: give at least one --source (a video file, image folder, device index or URL)")
+    for i, text in enumerate(a.source):
+        try:
+            spec = parse_source(text, i)
+        except ValueError as e:
+            raise SystemExit(f"edge-run: {e}")
+        if not spec.live and not Path(spec.target).exists():
+            raise SystemExit(f"edge-run: source {text!r}: {spec.target} does not exist")
+    try:
+        load_manifest(a.engine)
+    except ManifestError as e:
+        raise SystemExit(f"edge-run: {e}")
+    endpoints = local_endpoints()
+    addr = {hop: getattr(a, f"{hop}_addr") or endpoints[hop] for hop in ("frames", "batches", "scored")}
+    cfg = PipelineConfig(
+        engine=str(a.engine), sources=list(a.source), rois=dict(a.roi), loop=a.loop, no_drop=a.no_drop,
+        fps_limit=a.fps, stall_timeout_s=a.stall_timeout, max_batch=a.max_batch, publish=a.publish, thumbnails=a.thumbnails, threshold=a.threshold,
+        node_id=a.node_id, alerts_addr=a.alerts_addr, frames_addr=addr["frames"], batches_addr=addr["batches"],
+        scored_addr=addr["scored"], metrics_addr=endpoints["metrics"], frames_inline=a.frames_inline,
+        upstreams=a.upstreams, wait_subscribers=a.wait_subscribers, parent_pid=os.getpid(),
+        is_simulated=a.simulated)
+    return cfg, [s for s in STAGES if s in stages]
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s supervisor %(levelname)s %(message)s")
+    cfg, stages = config_from_args(a)
+    sup = Supervisor(cfg, stages, a.print_every, a.metrics_port, a.duration, a.quiet)
+    code = sup.run()
+    print_summary(sup.summary)
+    if a.summary_json:
+        a.summary_json.write_text(json.dumps(sup.summary, indent=2) + "\n")
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,213 @@
+"""Alert stage: scored frames -> verdicts -> versioned alerts on a PUB socket (edge.alerts).
+
+Per frame: the camera's calibrated threshold (manifest, calibration.json) gives the
+verdict; the pixel threshold turns the heatmap into defect regions in frame
+pixels; an optional JPEG thumbnail overlays the heatmap on what the model saw.
+Frames that could not be judged (rejects, engine errors, non-finite scores, a
+blind camera) are published as NotDecidable whatever ``publish`` says: the line
+must never take silence for OK.
+
+The socket is an XPUB so the stage can see subscriptions arrive: with
+``wait_subscribers`` it holds the pipeline until the PLC/MES side is listening
+(PUB drops whatever is sent before a subscriber has joined).
+"""
+from __future__ import annotations
+
+import math
+import socket
+import time
+
+import cv2
+import numpy as np
+import zmq
+
+from edge.alerts import MAX_ALERT_BYTES, encode_alert, make_alert
+from edge.config import PipelineConfig
+from edge.manifest import load_manifest
+from edge.regions import find_regions
+from edge.stages.base import Stage, log
+from edge.verdict import normalised_score
+from edge.wire import MessageError, check_items, field, make_socket
+
+RECV_HWM = 16
+PUB_HWM = 10_000
+THUMBNAIL_QUALITY = 80
+
+
+class CameraRules:
+    """A camera's calibrated constants (its own entry, else the "*" entry)."""
+
+    def __init__(self, entry: dict | None, threshold_override: float | None) -> None:
+        if entry is None and threshold_override is None:
+            raise ValueError("the model has no calibration: calibrate it (edge-calibrate, then edge-export "
+                             "--calibration) or give --threshold explicitly")
+        entry = entry or {}
+        self.threshold = float(threshold_override if threshold_override is not None else entry["image"]["threshold"])
+        norm = entry.get("normalisation") or {"center": self.threshold, "scale": 1.0}
+        self.center = self.threshold if threshold_override is not None else float(norm["center"])
+        self.scale = float(norm["scale"])
+        pixel = entry.get("pixel") or {}
+        self.pixel_threshold = pixel.get("threshold")
+        self.min_region_area = int(pixel.get("min_region_area", 1))
+
+
+def calibration_rules(manifest: dict, threshold: float | None) -> dict[str, CameraRules]:
+    cameras = (manifest.get("calibration") or {}).get("cameras") or {"*": None}
+    return {cam: CameraRules(entry, threshold) for cam, entry in cameras.items()}
+
+
+def heat_thumbnail(pixels: np.ndarray, heatmap: np.ndarray, high: float) -> bytes:
+    """What the model saw with its heatmap over it (red = high), as JPEG bytes."""
+    img = pixels.transpose(1, 2, 0)
+    img = cv2.cvtColor(img, cv2.COLOR_GRAY2BGR) if img.shape[2] == 1 else cv2.cvtColor(img, cv2.COLOR_RGB2BGR)
+    level = np.clip(heatmap / max(high, 1e-12), 0, 1) * 255
+    colour = cv2.applyColorMap(cv2.resize(level.astype(np.uint8), img.shape[1::-1]), cv2.COLORMAP_JET)
+    ok, jpeg = cv2.imencode(".jpg", cv2.addWeighted(img, 0.6, colour, 0.4, 0),
+                            [cv2.IMWRITE_JPEG_QUALITY, THUMBNAIL_QUALITY])
+    return jpeg.tobytes() if ok else b""
+
+
+def frame_regions(heatmap: np.ndarray, rules: CameraRules, item: dict) -> list[dict]:
+    """Defect regions in the camera frame's pixels (ROI offset and scale applied)."""
+    if rules.pixel_threshold is None:
+        return []
+    h, w = heatmap.shape
+    fh, fw = item.get("frame_shape") or (h, w)
+    x0, y0, cw, ch = item.get("roi") or (0, 0, fw, fh)
+    sx, sy = cw / w, ch / h
+    out = []
+    for r in find_regions(heatmap, float(rules.pixel_threshold), rules.min_region_area):
+        x, y, bw, bh = r["box"]
+        out.append({"box": [round(x0 + x * sx), round(y0 + y * sy), math.ceil(bw * sx), math.ceil(bh * sy)],
+                    "area": round(r["area"] * sx * sy), "peak": r["peak"]})
+    return out
+
+
+class AlertStage(Stage):
+    name = "alert"
+
+    def __init__(self, cfg: PipelineConfig) -> None:
+        super().__init__(cfg)
+        self.manifest = load_manifest(cfg.engine, verify_checksum=False)
+        self.rules = calibration_rules(self.manifest, cfg.threshold)
+        self.node = cfg.node_id or socket.gethostname()
+        self.alert_seq = 0
+        self.last_seq: dict[str, int] = {}
+        self.inp = make_socket(self.ctx, zmq.PULL, hwm=RECV_HWM)
+        self.inp.bind(cfg.scored_addr)
+        self.pub = make_socket(self.ctx, zmq.XPUB, hwm=PUB_HWM, max_bytes=4096)  # inbound: subscriptions only
+        self.pub.bind(cfg.alerts_addr)
+        self.subscribers = 0
+        self.eos_seen = 0
+
+    def rules_for(self, camera: str) -> CameraRules:
+        return self.rules.get(camera) or self.rules.get("*") or next(iter(self.rules.values()))
+
+    def poll_subscriptions(self) -> None:
+        while True:
+            try:
+                msg = self.pub.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if msg[:1] == b"\x01":
+                self.subscribers += 1
+            elif msg[:1] == b"\x00":
+                self.subscribers -= 1
+
+    def wait_for_subscribers(self) -> None:
+        deadline = time.monotonic() + self.cfg.wait_subscribers_s
+        while self.subscribers < self.cfg.wait_subscribers and time.monotonic() < deadline and not self.stopping:
+            if self.pub.poll(100):
+                self.poll_subscriptions()
+        if self.subscribers < self.cfg.wait_subscribers:
+            log.warning("alert: %d of %d subscriber(s) after %.0f s; publishing anyway", self.subscribers,
+                        self.cfg.wait_subscribers, self.cfg.wait_subscribers_s)
+
+    def publish(self, camera: str, frame_seq: int, mono: float, wall: float, verdict: str, rules: CameraRules,
+                score: float | None = None, regions=None, reason: str | None = None,
+                thumbnail: bytes | None = None) -> None:
+        latency_ms = (time.monotonic() - mono) * 1e3
+        self.metrics.inc(f"verdict_{verdict}", camera)
+        self.metrics.observe("latency_ms", latency_ms, camera)
+        self.metrics.observe("latency_ms", latency_ms)
+        if verdict == "OK" and self.cfg.publish != "all":
+            return
+        self.alert_seq += 1
+        alert = make_alert(
+            node=self.node, alert_seq=self.alert_seq, camera=camera, frame_seq=frame_seq, capture_wall=wall,
+            published_wall=time.time(), latency_ms=latency_ms, verdict=verdict, score=score,
+            normalised_score=None if score is None else float(normalised_score(score, rules.center, rules.scale)),
+            threshold=rules.threshold, model_version=self.manifest["model_version"], regions=regions,
+            reason=reason, thumbnail_jpeg=thumbnail, is_simulated=self.cfg.is_simulated)
+        frames = encode_alert(alert)
+        if len(frames[1]) > MAX_ALERT_BYTES:  # a huge thumbnail must not make the alert unreadable
+            alert["thumbnail_jpeg"] = None
+            frames = encode_alert(alert)
+        self.pub.send_multipart(frames)
+        self.metrics.inc("alerts_published", camera)
+
+    def judge(self, item: dict, pixels: np.ndarray, score: float, heatmap: np.ndarray) -> None:
+        camera = item["camera"]
+        rules = self.rules_for(camera)
+        if not (math.isfinite(score) and np.isfinite(heatmap).all()):
+            self.publish(camera, item["seq"], item["mono"], item["wall"], "NotDecidable", rules,
+                         reason="the engine returned a non-finite score or heatmap")
+            return
+        verdict = "NotOK" if score > rules.threshold else "OK"
+        regions = frame_regions(heatmap, rules, item) if verdict == "NotOK" else []
+        want_thumb = self.cfg.thumbnails == "all" or (self.cfg.thumbnails == "defects" and verdict == "NotOK")
+        thumb = heat_thumbnail(pixels, heatmap, 2 * float(rules.pixel_threshold or heatmap.max() or 1.0)) \
+            if want_thumb and (self.cfg.publish == "all" or verdict != "OK") else None
+        self.publish(camera, item["seq"], item["mono"], item["wall"], verdict, rules, score=score,
+                     regions=regions, thumbnail=thumb)
+
+    def handle(self, header: dict, arrays: list) -> None:
+        kind = header["kind"]
+        if kind == "eos":
+            self.eos_seen += 1
+            return
+        if kind == "event":
+            camera, event = field(header, "camera", str), field(header, "event", str)
+            if event in ("blind", "bad_frame"):
+                self.publish(camera, -1, float(header.get("mono", time.monotonic())),
+                             float(header.get("wall", time.time())), "NotDecidable", self.rules_for(camera),
+                             reason=f"camera {event}: {header.get('detail', '')}")
+            return
+        if kind != "scored":
+            raise MessageError(f"unexpected {kind} message")
+        items, rejects = check_items(header.get("items")), check_items(header.get("rejects"))
+        if items and (len(arrays) != 3 or not (len(arrays[0]) == len(arrays[1]) == len(arrays[2]) == len(items))
+                      or arrays[0].ndim != 4 or arrays[2].ndim != 4):
+            raise MessageError("scored message arrays do not match its items")
+        for r in rejects:
+            self.metrics.inc("frames_in", r["camera"])
+            self.publish(r["camera"], r["seq"], float(r["mono"]), float(r["wall"]), "NotDecidable",
+                         self.rules_for(r["camera"]), reason=str(r.get("reason", "frame rejected"))[:500])
+        if not items:
+            return
+        pixels, scores, maps = arrays
+        for i, item in enumerate(items):
+            self.metrics.inc("frames_in", item["camera"])
+            self.judge(item, pixels[i], float(scores[i]), maps[i].reshape(maps[i].shape[-2:]))
+
+    def run(self) -> None:
+        try:
+            if self.cfg.wait_subscribers:
+                self.wait_for_subscribers()
+            self.report(force=True, ready=True)
+            while self.eos_seen < 1 and not self.orphaned() and not self.stopping:
+                self.poll_subscriptions()
+                for header, arrays in self.receive_all(self.inp, timeout_ms=100, limit=64):
+                    try:
+                        self.handle(header, arrays)
+                    except (MessageError, KeyError, TypeError, ValueError) as e:
+                        self.malformed(e)
+                self.report()
+        finally:
+            self.close()
+
+
+def run(cfg: PipelineConfig) -> None:
+    stage = AlertStage(cfg)
+    stage.install_signal_handlers()
+    stage.run()

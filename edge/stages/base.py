@@ -1,0 +1,145 @@
+"""What every stage process shares: sockets, the stop flag, metrics reporting, the input loop.
+
+A stage reads messages from its input socket, validates them (edge.wire), counts
+and skips malformed ones, and ends when it has seen end-of-stream from each of
+its upstreams (in-flight work is finished first) or when the supervisor that
+started it is gone (no orphans).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+
+import zmq
+
+from edge.config import PipelineConfig
+from edge.metrics import StageMetrics
+from edge.wire import MessageError, make_socket, pack, unpack
+
+log = logging.getLogger("edge")
+# Bounded by the supervisor too: it kills a stage that has not exited STOP_GRACE_S after a stop.
+FLUSH_LINGER_MS = 60_000
+
+
+class Stage:
+    name = "stage"
+
+    def __init__(self, cfg: PipelineConfig) -> None:
+        self.cfg = cfg
+        self.ctx = zmq.Context()
+        self.metrics = StageMetrics(self.name)
+        self.stopping = False
+        self._last_report = 0.0
+        self._metrics_out = None
+        if cfg.metrics_addr:
+            self._metrics_out = make_socket(self.ctx, zmq.PUSH, hwm=16, linger_ms=500)
+            self._metrics_out.connect(cfg.metrics_addr)
+
+    def install_signal_handlers(self) -> None:
+        """SIGTERM: finish in-flight work and stop. SIGINT is the supervisor's to handle (a
+        Ctrl-C reaches the whole process group; the supervisor then stops the stages in order)."""
+        signal.signal(signal.SIGTERM, lambda *_: setattr(self, "stopping", True))
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    def orphaned(self) -> bool:
+        return bool(self.cfg.parent_pid) and os.getppid() != self.cfg.parent_pid
+
+    def report(self, force: bool = False, **extra) -> None:
+        """Send a metrics snapshot to the supervisor (at most every metrics_interval_s)."""
+        now = time.monotonic()
+        if self._metrics_out is None or (not force and now - self._last_report < self.cfg.metrics_interval_s):
+            return
+        self._last_report = now
+        body = {"kind": "metrics", "snapshot": self.metrics.snapshot(), **extra}
+        try:
+            self._metrics_out.send_multipart(pack(body), flags=zmq.NOBLOCK)
+        except zmq.Again:
+            pass  # a busy supervisor misses one snapshot; the next carries the totals
+
+    def receive_all(self, sock: zmq.Socket, timeout_ms: int, limit: int) -> list[tuple[dict, list]]:
+        """Wait up to ``timeout_ms`` for a message, then take every message already queued (up to
+        ``limit``): the stage sees its whole backlog and can drop the oldest or batch across
+        cameras. Malformed messages are counted and skipped here."""
+        out = []
+        if not sock.poll(timeout_ms):
+            return out
+        while len(out) < limit:
+            try:
+                frames = sock.recv_multipart(flags=zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                break
+            try:
+                out.append(unpack(frames))
+            except MessageError as e:
+                self.malformed(e)
+        return out
+
+    def malformed(self, error: Exception) -> None:
+        self.metrics.inc("malformed")
+        n = self.metrics.counter("malformed")
+        if n <= 5 or n % 1000 == 0:  # rate-limited: a flood must not fill the log
+            log.warning("%s: skipped malformed message #%d: %s", self.name, n, error)
+
+    def send(self, sock: zmq.Socket, frames: list, blocking: bool) -> bool:
+        """Send; in drop mode never wait (False = the next stage is full, the caller counts the
+        drop). In no-drop mode wait, but give up if this stage is told to stop hard."""
+        if not blocking:
+            try:
+                sock.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
+                return True
+            except zmq.Again:
+                return False
+        while True:
+            if sock.poll(200, zmq.POLLOUT):
+                sock.send_multipart(frames, copy=False)
+                return True
+            if self.orphaned():
+                return False
+
+    def send_control(self, sock: zmq.Socket, header: dict, timeout_s: float = 10.0) -> bool:
+        """End-of-stream and events must not be dropped: wait (bounded) for room."""
+        if sock.poll(int(timeout_s * 1000), zmq.POLLOUT):
+            sock.send_multipart(pack(header))
+            return True
+        log.error("%s: could not pass on %s within %.0f s", self.name, header.get("kind"), timeout_s)
+        return False
+
+    def end_stream(self, sock: zmq.Socket) -> None:
+        """Pass end-of-stream on, then keep the socket open until the next stage has closed its end.
+
+        Closing right after the last send can lose it: ZeroMQ hands messages to the kernel, but
+        a receiver whose queue is full (its high-water mark) stops reading the connection, and
+        when the sender's side closes meanwhile libzmq may drop what was still in flight. The
+        next stage closes its input only after it has seen end-of-stream, so its disconnect is
+        the acknowledgement. Bounded: FLUSH_LINGER_MS, and an orphan stops waiting at once."""
+        monitor = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+        try:
+            if not self.send_control(sock, {"kind": "eos", "stage": self.name}):
+                return
+            deadline = time.monotonic() + FLUSH_LINGER_MS / 1000
+            while time.monotonic() < deadline and not self.orphaned():
+                if monitor.poll(200):
+                    return
+                self.report()
+            log.warning("%s: the next stage did not close within %d s after end-of-stream",
+                        self.name, FLUSH_LINGER_MS // 1000)
+        finally:
+            sock.disable_monitor()
+            monitor.close(linger=0)
+
+    def close(self) -> None:
+        """Close every socket. Messages still queued (the last batches and the end-of-stream) are
+        delivered first: ZeroMQ drops whatever is unsent when a socket's linger runs out, and a
+        busy next stage may take seconds to make room. An orphan has no one to deliver to."""
+        self.report(force=True, final=True)
+        self.ctx.destroy(linger=0 if self.orphaned() else FLUSH_LINGER_MS)
+
+
+def decode_snapshot(header: dict) -> dict:
+    snap = header.get("snapshot")
+    if not isinstance(snap, dict) or not isinstance(snap.get("stage"), str):
+        raise MessageError("metrics message without a snapshot")
+    return snap
+

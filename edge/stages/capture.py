@@ -1,0 +1,111 @@
+"""Capture stage: one reader thread per camera (edge.sources) -> frame messages to preprocess.
+
+Pixels go into a per-camera shared-memory ring (edge.frame_ring) and only the
+header crosses the socket; with ``frames_inline`` (preprocess on another host)
+the pixels travel as a second, zero-copy frame. Live cameras never wait: the
+ring overwrites the oldest unread frame and a full socket refuses the newest,
+both counted as ``dropped`` for that camera. With ``no_drop`` the reader thread
+waits instead, which slows a file source down to the pipeline's pace.
+"""
+from __future__ import annotations
+
+import threading
+import time
+
+import zmq
+
+from edge.config import PipelineConfig
+from edge.frame_ring import FrameRing
+from edge.sources import CameraReader, parse_source
+from edge.stages.base import Stage, log
+from edge.wire import make_socket, pack
+
+SEND_HWM = 16
+
+
+class CaptureStage(Stage):
+    name = "capture"
+
+    def __init__(self, cfg: PipelineConfig) -> None:
+        super().__init__(cfg)
+        self.specs = [parse_source(text, i) for i, text in enumerate(cfg.sources)]
+        self.out = make_socket(self.ctx, zmq.PUSH, hwm=SEND_HWM)
+        self.out.connect(cfg.frames_addr)
+        # One socket, one lock: ZeroMQ sockets are not thread-safe, and a single socket keeps
+        # each camera's frames and the final end-of-stream in order.
+        self.lock = threading.Lock()
+        self.rings: dict[str, FrameRing] = {}
+        self.readers = [CameraReader(s, self.on_frame, self.on_event, loop=cfg.loop,
+                                     stall_timeout_s=cfg.stall_timeout_s, fps_limit=cfg.fps_limit)
+                        for s in self.specs]
+
+    def ring_for(self, camera: str, nbytes: int) -> FrameRing:
+        ring = self.rings.get(camera)
+        if ring is None or ring.slot_bytes < nbytes:  # first frame, or the camera's size grew
+            if ring is not None:
+                ring.close()
+            ring = self.rings[camera] = FrameRing.create(camera, self.cfg.ring_slots, nbytes)
+        return ring
+
+    def on_frame(self, camera: str, seq: int, frame, pixel_format: str, mono: float, wall: float) -> None:
+        self.metrics.inc("frames_in", camera)
+        header = {"kind": "frame", "camera": camera, "seq": seq, "mono": mono, "wall": wall,
+                  "shape": list(frame.shape), "pixel_format": pixel_format}
+        if self.cfg.frames_inline:
+            frames = pack(header, frame)
+        else:
+            ring = self.ring_for(camera, frame.nbytes)
+            placed = ring.write(frame, wait_free=self.cfg.no_drop, should_stop=lambda: self.stopping)
+            if placed is None:
+                return
+            slot, gen, overwrote_unread = placed
+            if overwrote_unread:
+                self.metrics.inc("dropped", camera)
+            header.update(ring=str(ring.path), slot=slot, gen=gen)
+            frames = pack(header)
+        with self.lock:
+            sent = self.send(self.out, frames, blocking=self.cfg.no_drop)
+        if sent:
+            self.metrics.inc("frames_out", camera)
+        else:
+            self.metrics.inc("dropped", camera)
+
+    def on_event(self, camera: str, event: str, detail: str) -> None:
+        self.metrics.inc(f"event_{event}", camera)
+        (log.warning if event in ("blind", "open_failed", "bad_frame") else log.info)(
+            "capture %s: %s %s", camera, event, detail)
+        if event in ("blind", "reconnected", "bad_frame"):  # the alert stage turns these into verdicts
+            with self.lock:
+                self.send_control(self.out, {"kind": "event", "camera": camera, "event": event, "detail": detail,
+                                             "mono": time.monotonic(), "wall": time.time()})
+
+    def run(self) -> None:
+        for r in self.readers:
+            r.start()
+        try:
+            while not self.stopping and not all(r.finished for r in self.readers) and not self.orphaned():
+                time.sleep(0.05)
+                self.report()
+        finally:
+            for r in self.readers:
+                r.stop()
+            with self.lock:
+                self.end_stream(self.out)
+            self.wait_for_readers(timeout_s=30.0 if self.cfg.no_drop else 1.0)
+            self.close()
+            for ring in self.rings.values():
+                ring.close()
+
+    def wait_for_readers(self, timeout_s: float) -> None:
+        """Keep the rings until preprocess has released every frame it was sent (bounded)."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and not self.orphaned():
+            if all((r.released >= r.gen).all() for r in self.rings.values()):
+                return
+            time.sleep(0.01)
+
+
+def run(cfg: PipelineConfig) -> None:
+    stage = CaptureStage(cfg)
+    stage.install_signal_handlers()
+    stage.run()

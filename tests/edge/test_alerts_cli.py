@@ -1,0 +1,381 @@
+"""edge-alerts (edge/alerts_cli.py) against real ZeroMQ sockets on loopback and real SQLite.
+
+The test publishers are XPUB sockets: an XPUB is a PUB that also hands us the subscriptions
+it receives, so a test waits until the subscriber's filter reached the publisher instead of
+sleeping through ZeroMQ's slow-joiner window, and no alert is lost to it.
+"""
+import json
+import logging
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+
+import cv2
+import msgpack
+import numpy as np
+import pytest
+import zmq
+
+from edge.alerts import MAX_ALERT_BYTES, encode_alert, make_alert
+from edge.alerts_cli import (MAXMSGSIZE, AlertStore, AlertSubscriber, RateLimitedLog, alert_to_json,
+                             format_alert, main, subscription_prefixes, thumbnail_name)
+
+pytestmark = pytest.mark.timeout(30)
+
+JPEG = bytes(cv2.imencode(".jpg", np.full((16, 24, 3), 128, np.uint8))[1])
+
+
+def alert(node="line1", seq=0, camera="cam0", frame=None, verdict="NotOK", score=0.9, thumb=None, **kw):
+    if verdict == "NotDecidable":
+        score = kw.pop("score_override", None)
+    fields = dict(node=node, alert_seq=seq, camera=camera, frame_seq=100 + seq if frame is None else frame,
+                  capture_wall=1_700_000_000.25 + seq, published_wall=1_700_000_000.26 + seq, latency_ms=12.5,
+                  verdict=verdict, score=score, normalised_score=None if score is None else 0.7, threshold=0.5,
+                  model_version="hybrid-abc123", regions=[{"box": [1, 2, 3, 4], "area": 9, "peak": 0.95}],
+                  reason="camera blind" if verdict == "NotDecidable" else None, thumbnail_jpeg=thumb)
+    fields.update(kw)
+    return make_alert(**fields)
+
+
+class Node:
+    """A test edge node: an XPUB bound to a random loopback port."""
+
+    def __init__(self, ctx):
+        self.sock = ctx.socket(zmq.XPUB)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.port = self.sock.bind_to_random_port("tcp://127.0.0.1")
+        self.endpoint = f"tcp://127.0.0.1:{self.port}"
+
+    def wait_subscribed(self, n=1, timeout=5.0) -> list[bytes]:
+        """The next ``n`` subscribe messages (b"\\x01" + prefix)."""
+        got, deadline = [], time.monotonic() + timeout
+        while len(got) < n:
+            assert self.sock.poll(max(1, int((deadline - time.monotonic()) * 1000))), f"subscriptions so far: {got}"
+            msg = self.sock.recv()
+            if msg[:1] == b"\x01":
+                got.append(msg[1:])
+        return got
+
+    def send(self, a: dict):
+        self.sock.send_multipart(encode_alert(a))
+
+    def send_frames(self, frames):
+        self.sock.send_multipart(frames)
+
+
+@pytest.fixture
+def ctx():
+    c = zmq.Context()
+    yield c
+    c.destroy(linger=0)
+
+
+@pytest.fixture
+def node(ctx):
+    return Node(ctx)
+
+
+def recv_n(sub, n, timeout=5.0):
+    got = []
+    deadline = time.monotonic() + timeout
+    while len(got) < n and time.monotonic() < deadline:
+        a = sub.recv(timeout=0.2)
+        if a is not None:
+            got.append(a)
+    return got
+
+
+def publish_when_subscribed(node, items, n_subscriptions=1, delay=0.0):
+    """Background publisher for main(): waits for the subscription, then sends ``items``
+    (alert dicts, or raw frame lists)."""
+    def run():
+        node.wait_subscribed(n_subscriptions)
+        for item in items:
+            if delay:
+                time.sleep(delay)
+            node.send(item) if isinstance(item, dict) else node.send_frames(item)
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t
+
+
+# -- AlertSubscriber --------------------------------------------------------------------------
+def test_subscriber_receives_alerts_and_counts(node):
+    with AlertSubscriber([node.endpoint]) as sub:
+        assert node.wait_subscribed() == [b""]
+        assert sub.wait_connected(5)
+        for i in range(3):
+            node.send(alert(seq=i, verdict="OK" if i == 1 else "NotOK", score=0.1 if i == 1 else 0.9))
+        got = recv_n(sub, 3)
+        assert [a["alert_seq"] for a in got] == [0, 1, 2]
+        assert sub.recv(timeout=0.05) is None
+        assert sub.counters["received"] == 3 and sub.counters["malformed"] == 0
+        assert sub.by_verdict == {"NotOK": 2, "OK": 1} and sub.by_camera == {"cam0": 3}
+        assert sub.by_node == {"line1": 3}
+
+
+def test_filters_become_topic_prefixes_and_the_camera_is_matched_exactly(node):
+    assert subscription_prefixes() == [b""]
+    assert subscription_prefixes(verdicts=["NotOK"]) == [b"NotOK/"]
+    assert sorted(subscription_prefixes(cameras=["cam0"])) == [b"NotDecidable/cam0", b"NotOK/cam0", b"OK/cam0"]
+    with pytest.raises(ValueError):
+        subscription_prefixes(verdicts=["NG"])
+    with AlertSubscriber([node.endpoint], cameras=["cam0"], verdicts=["NotOK", "NotDecidable"]) as sub:
+        assert sorted(node.wait_subscribed(2)) == [b"NotDecidable/cam0", b"NotOK/cam0"]
+        node.send(alert(seq=0, verdict="OK", score=0.1))          # not sent by the PUB at all
+        node.send(alert(seq=1, camera="cam1"))                    # not sent either
+        node.send(alert(seq=2, camera="cam01"))                   # prefix matches, camera does not
+        node.send(alert(seq=3))
+        node.send(alert(seq=4, verdict="NotDecidable"))
+        got = recv_n(sub, 2)
+        assert [(a["alert_seq"], a["verdict"]) for a in got] == [(3, "NotOK"), (4, "NotDecidable")]
+        assert sub.recv(timeout=0.1) is None
+        assert sub.counters["filtered"] == 1 and sub.counters["received"] == 2
+
+
+def test_two_nodes_at_once(ctx):
+    a, b = Node(ctx), Node(ctx)
+    with AlertSubscriber([a.endpoint, b.endpoint]) as sub:
+        a.wait_subscribed()
+        b.wait_subscribed()
+        assert sub.wait_connected(5) and sub.connected == {a.endpoint, b.endpoint}
+        for i in range(3):
+            a.send(alert(node="line1", seq=i))
+            b.send(alert(node="line2", seq=i, camera="top"))
+        got = recv_n(sub, 6)
+        assert sorted((x["node"], x["alert_seq"]) for x in got) == \
+            [("line1", 0), ("line1", 1), ("line1", 2), ("line2", 0), ("line2", 1), ("line2", 2)]
+        assert sub.by_node == {"line1": 3, "line2": 3} and sub.by_camera == {"cam0": 3, "top": 3}
+
+
+def test_malformed_messages_are_counted_and_the_subscriber_keeps_going(node, caplog):
+    good = alert(seq=7)
+    topic, body = encode_alert(good)
+    wrong_version = msgpack.packb(dict(good, v=2), use_bin_type=True)
+    bad = [
+        [b"garbage \x00\xff bytes"],                                  # one frame
+        [topic, body, b"extra"],                                      # three frames
+        [topic, body, b"1", b"2", b"3", b"4"],                        # many frames
+        [topic, b"\xc1\xc1 not msgpack"],
+        [topic, wrong_version],
+        [b"OK/cam0", body],                                           # topic and body disagree
+        [topic, msgpack.packb({"schema": "something-else"})],
+        [topic, b"\x00" * (MAX_ALERT_BYTES + 10)],                    # oversized, but below MAXMSGSIZE
+    ]
+    with caplog.at_level(logging.WARNING, logger="edge.alerts"):
+        with AlertSubscriber([node.endpoint], log_interval_s=60) as sub:
+            node.wait_subscribed()
+            for frames in bad:
+                node.send_frames(frames)
+            node.send(good)
+            got = recv_n(sub, 1)
+            assert got and got[0]["alert_seq"] == 7
+            assert sub.counters["malformed"] == len(bad)
+            assert sub.counters["received"] == 1
+            assert "version" in sub.last_error or "exceeds" in sub.last_error
+    # rate-limited: one log line for eight bad messages within the interval
+    lines = [r for r in caplog.records if "malformed" in r.getMessage()]
+    assert len(lines) == 1, [r.getMessage() for r in caplog.records]
+
+
+def test_a_frame_above_maxmsgsize_drops_the_connection_and_we_redial(node):
+    # verbose: pass on a subscription a second pipe makes, too (the old pipe may still be there)
+    node.sock.setsockopt(zmq.XPUB_VERBOSE, 1)
+    with AlertSubscriber([node.endpoint]) as sub:
+        node.wait_subscribed()
+        assert sub.wait_connected(5)
+        node.send_frames([b"NotOK/cam0", b"\x00" * (MAXMSGSIZE + 1)])
+        # libzmq closes the session for good after this protocol error; the subscriber must
+        # notice (monitor) and re-dial, which the node sees as a fresh subscription
+        deadline = time.monotonic() + 5
+        resubscribed = False
+        while not resubscribed and time.monotonic() < deadline:
+            assert sub.recv(timeout=0.05) is None
+            while node.sock.poll(0):
+                resubscribed |= node.sock.recv() == b"\x01"
+        assert resubscribed
+        node.send(alert(seq=1))
+        got = recv_n(sub, 1)
+        assert got and got[0]["alert_seq"] == 1
+        assert sub.counters["disconnected"] >= 1 and sub.counters["redialed"] >= 1
+
+
+def test_a_restarted_node_is_reconnected(ctx):
+    first = Node(ctx)
+    with AlertSubscriber([first.endpoint]) as sub:
+        first.wait_subscribed()
+        first.send(alert(seq=0))
+        assert recv_n(sub, 1)
+        first.sock.close(linger=0)                      # the edge node goes away...
+        deadline = time.monotonic() + 5
+        while sub.connected and time.monotonic() < deadline:
+            sub.recv(timeout=0.05)
+        assert not sub.connected and sub.counters["disconnected"] == 1
+        again = ctx.socket(zmq.XPUB)                     # ...and comes back on the same port
+        again.setsockopt(zmq.LINGER, 0)
+        again.bind(first.endpoint)
+        first.sock = again
+        deadline = time.monotonic() + 5
+        while not again.poll(0) and time.monotonic() < deadline:
+            sub.recv(timeout=0.05)
+        first.wait_subscribed()
+        first.send(alert(seq=0, frame=555))                 # alert_seq restarts with the node
+        got = recv_n(sub, 1)
+        assert got and got[0]["frame_seq"] == 555 and sub.connected == {first.endpoint}
+
+
+def test_bad_endpoints_are_refused_with_a_hint():
+    with pytest.raises(ValueError, match="tcp://host:5560"):
+        AlertSubscriber(["tcp://*:5560"])
+    with pytest.raises(ValueError):
+        AlertSubscriber([])
+
+
+def test_rate_limited_log_reports_what_it_suppressed(caplog):
+    now = [0.0]
+    rl = RateLimitedLog(logging.getLogger("edge.alerts.test"), interval_s=10, clock=lambda: now[0])
+    with caplog.at_level(logging.WARNING, logger="edge.alerts.test"):
+        assert rl("bad %d", 1)
+        assert not rl("bad %d", 2) and not rl("bad %d", 3)
+        now[0] = 11.0
+        assert rl("bad %d", 4)
+    msgs = [r.getMessage() for r in caplog.records]
+    assert msgs == ["bad 1", "bad 4 (2 similar suppressed in the last 10 s)"]
+
+
+# -- store, thumbnails, formatting --------------------------------------------------------------
+def test_store_writes_one_row_per_alert_and_ignores_duplicates(tmp_path):
+    db = tmp_path / "alerts.sqlite"
+    with AlertStore(db) as store:
+        assert store.add(alert(seq=0, thumb=JPEG), received_wall=5.0)
+        assert store.add(alert(seq=1, verdict="NotDecidable"))
+        assert not store.add(alert(seq=0, thumb=JPEG))            # the same message twice: stored once
+        assert store.duplicates == 1 and store.rows_written == 2
+    with sqlite3.connect(db) as con:
+        con.row_factory = sqlite3.Row
+        rows = con.execute("SELECT * FROM alerts ORDER BY alert_seq").fetchall()
+        assert con.execute("PRAGMA user_version").fetchone()[0] == 1
+    assert len(rows) == 2
+    r0, r1 = dict(rows[0]), dict(rows[1])
+    assert r0["thumbnail_jpeg"] == JPEG and r0["frame_seq"] == 100 and r0["received_wall"] == 5.0
+    assert r0["verdict"] == "NotOK" and r0["score"] == 0.9 and r0["threshold"] == 0.5
+    assert json.loads(r0["regions_json"]) == [{"box": [1, 2, 3, 4], "area": 9, "peak": 0.95}] and r0["n_regions"] == 1
+    assert r0["is_simulated"] == 0 and r0["schema_v"] == 1 and r0["model_version"] == "hybrid-abc123"
+    assert r1["score"] is None and r1["reason"] == "camera blind" and r1["thumbnail_jpeg"] is None
+    with AlertStore(db) as store:                                  # reopened: appends
+        assert store.add(alert(seq=2))
+        # the node restarted: alert_seq 0 again, a later publication -> a new row, not a duplicate
+        assert store.add(alert(seq=0, frame=7, published_wall=1_800_000_000.0))
+    with sqlite3.connect(db) as con:
+        assert con.execute("SELECT count(*) FROM alerts").fetchone()[0] == 4
+        assert con.execute("SELECT count(*) FROM alerts WHERE node = 'line1' AND alert_seq = 0").fetchone()[0] == 2
+        with pytest.raises(sqlite3.IntegrityError):               # the constraint is in the file
+            con.execute("INSERT INTO alerts SELECT * FROM alerts WHERE alert_seq = 2")
+
+
+def test_thumbnail_names_are_safe():
+    assert thumbnail_name(alert(node="line1", camera="cam0", frame=42)) == "line1_cam0_42.jpg"
+    assert thumbnail_name(alert(node="../etc", camera="a/b c", frame=1)) == "_._etc_a_b_c_1.jpg"
+
+
+def test_format_alert_and_json_line():
+    line = format_alert(alert(seq=3, frame=1234, score=0.8125))
+    for part in ("node=line1", "cam=cam0", "frame=1234", "NotOK", "score=0.8125>0.5", "regions=1", "latency=12.5ms"):
+        assert part in line
+    assert line.startswith("2023-11-14T")
+    assert "score=-/0.5" in format_alert(alert(verdict="NotDecidable"))
+    assert "score=0.1<=0.5" in format_alert(alert(verdict="OK", score=0.1))
+    d = json.loads(alert_to_json(alert(thumb=JPEG, verdict="NotDecidable", score_override=float("nan"))))
+    assert "thumbnail_jpeg" not in d and d["thumbnail_jpeg_bytes"] == len(JPEG) and d["score"] is None
+
+
+# -- the command line -----------------------------------------------------------------------------
+def test_main_prints_lines_and_exits_after_count(node, capsys):
+    t = publish_when_subscribed(node, [alert(seq=i) for i in range(3)])
+    assert main(["--connect", node.endpoint, "--count", "3", "--timeout", "10", "--summary"]) == 0
+    t.join(1)
+    out = capsys.readouterr().out.splitlines()
+    alerts = [x for x in out if "node=line1" in x]
+    assert len(alerts) == 3 and all("cam=cam0" in x and "NotOK" in x for x in alerts)
+    assert [x for x in alerts if "frame=101" in x]
+    assert any(x.startswith("edge-alerts summary: 3 alerts") for x in out)
+    assert any("per verdict: NotOK=3" in x for x in out)
+
+
+def test_main_json_db_thumbnails_and_filters(node, tmp_path, capsys):
+    db, thumbs = tmp_path / "a.sqlite", tmp_path / "thumbs"
+    items = [alert(seq=0, thumb=JPEG), alert(seq=1, verdict="OK", score=0.1, thumb=JPEG),
+             alert(seq=2, camera="cam1", thumb=JPEG), [b"NotOK/cam0 but garbage"],
+             alert(seq=3, verdict="NotDecidable")]
+    t = publish_when_subscribed(node, items, n_subscriptions=2)
+    rc = main(["--connect", node.endpoint, "--camera", "cam0", "--verdict", "NotOK", "--verdict", "NotDecidable",
+               "--json", "--db", str(db), "--thumbnails", str(thumbs), "--count", "2", "--timeout", "10",
+               "--summary"])
+    t.join(1)
+    assert rc == 0
+    captured = capsys.readouterr()
+    lines = [json.loads(x) for x in captured.out.splitlines()]          # stdout: JSON lines only
+    assert [(x["alert_seq"], x["verdict"]) for x in lines] == [(0, "NotOK"), (3, "NotDecidable")]
+    assert lines[0]["thumbnail_jpeg_bytes"] == len(JPEG) and "thumbnail_jpeg" not in lines[0]
+    assert lines[0]["thumbnail_path"] == str(thumbs / "line1_cam0_100.jpg")
+    assert lines[1]["thumbnail_jpeg_bytes"] is None and "thumbnail_path" not in lines[1]
+    assert "edge-alerts summary: 2 alerts" in captured.err and "1 malformed" in captured.err
+    assert sorted(p.name for p in thumbs.iterdir()) == ["line1_cam0_100.jpg"]
+    img = cv2.imread(str(thumbs / "line1_cam0_100.jpg"))
+    assert img is not None and img.shape == (16, 24, 3)
+    with sqlite3.connect(db) as con:
+        rows = con.execute("SELECT alert_seq, verdict, length(thumbnail_jpeg) FROM alerts ORDER BY alert_seq").fetchall()
+    assert rows == [(0, "NotOK", len(JPEG)), (3, "NotDecidable", None)]
+
+
+def test_main_timeout_exit_status(node, capsys):
+    t0 = time.monotonic()
+    assert main(["--connect", node.endpoint, "--timeout", "0.3"]) == 0
+    assert main(["--connect", node.endpoint, "--timeout", "0.3", "--count", "1"]) == 1
+    assert time.monotonic() - t0 < 3
+
+
+def test_main_rejects_bad_options(capsys):
+    for argv in (["--connect", "tcp://*:5560"], ["--connect", "tcp://127.0.0.1:1", "--count", "0"],
+                 ["--connect", "tcp://127.0.0.1:1", "--verdict", "NG"], []):
+        with pytest.raises(SystemExit) as e:
+            main(argv)
+        assert e.value.code == 2
+    assert "connect takes a host name" in capsys.readouterr().err
+
+
+def test_help_teaches_with_examples(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert "examples:" in out and "edge-alerts --connect tcp://" in out and "--db alerts.sqlite" in out
+
+
+def test_sigterm_exits_cleanly_with_the_summary(node):
+    p = subprocess.Popen([sys.executable, "-m", "edge.alerts_cli", "--connect", node.endpoint, "--summary"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        node.wait_subscribed(timeout=10)
+        node.send(alert(seq=0))
+        node.send_frames([b"junk"])
+        time.sleep(0.3)
+        p.send_signal(signal.SIGTERM)
+        out, err = p.communicate(timeout=10)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert p.returncode == 0, err
+    assert "node=line1" in out
+    assert "edge-alerts summary: 1 alerts" in out and "1 malformed" in out and "NotOK=1" in out
+
+
+def test_subscriber_and_metrics_import_without_torch_or_the_training_packages():
+    code = ("import sys, edge.alerts_cli, edge.metrics\n"
+            "bad = [m for m in sys.modules if m.split('.')[0] in ('torch', 'trainer', 'calibration', 'deploy')]\n"
+            "print(bad); sys.exit(1 if bad else 0)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
