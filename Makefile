@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install demo train-demo bundled-model test bench-ae bench-twohead bench-runtime clean
+.PHONY: install demo train-demo bundled-model test bench-ae bench-twohead bench-runtime bench-pipeline clean
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -55,6 +55,14 @@ bench-twohead: $(STAMP)
 # and 8, interleaved; trains minimal runs into runs/bench_runtime (speed only). About 3 minutes.
 bench-runtime: $(STAMP)
 	$(BIN)/python bench/ort_vs_torch.py
+
+# edge-run end to end vs. the bare backend in a loop (frames/s, capture->alert latency), and 1080p frame
+# transport alone (imagezmq vs. the project's inline and shared-memory paths vs. memcpy), interleaved.
+# Needs the bench extra (imagezmq); waits for a quiet machine first. About 8 minutes on 2 cores.
+bench-pipeline: $(STAMP)
+	@$(BIN)/python -c 'import imagezmq' 2>/dev/null || \
+		$(BIN)/pip install --quiet --disable-pip-version-check -e '.[bench]'
+	$(BIN)/python bench/pipeline_bench.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -14,7 +14,12 @@ class OnnxRuntimeBackend:
         available = ort.get_available_providers()
         wanted = providers or [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
         try:
-            self.session = ort.InferenceSession(str(path), providers=wanted)
+            options = ort.SessionOptions()
+            # ONNX Runtime's worker threads spin between calls by default. At camera pace that
+            # burnt ~45 CPU ms per frame doing nothing, and under load it stole the cores the
+            # other stages need (docs/benchmarks.md, pipeline): the edge turns it off.
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            self.session = ort.InferenceSession(str(path), sess_options=options, providers=wanted)
         except Exception as e:  # onnxruntime raises its own exception types for a bad file
             raise BackendError(f"{path} is not a loadable ONNX model: {e}") from e
         self.manifest = manifest
