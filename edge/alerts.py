@@ -27,6 +27,11 @@ VERDICTS = ("OK", "NotOK", "NotDecidable")
 # An alert with a thumbnail stays well below this; subscribers bound their sockets with it.
 MAX_ALERT_BYTES = 1 << 20
 
+# Optional for readers (added after version 1 first shipped; absent from older nodes' alerts).
+# journal_id: the node's alert journal (edge/journal.py) that numbers alert_seq; a new id means the
+# numbering started over (a new or reset journal), so (node, journal_id, alert_seq) names an alert.
+OPTIONAL = {"journal_id": (str, type(None))}
+
 REQUIRED = {
     "schema": str, "v": int, "node": str, "alert_seq": int, "camera": str, "frame_seq": int,
     "capture_wall": float, "published_wall": float, "latency_ms": float, "verdict": str,
@@ -44,7 +49,8 @@ def make_alert(*, node: str, alert_seq: int, camera: str, frame_seq: int, captur
                published_wall: float, latency_ms: float, verdict: str, score: float | None,
                normalised_score: float | None, threshold: float, model_version: str,
                regions: list[dict] | None = None, reason: str | None = None,
-               thumbnail_jpeg: bytes | None = None, is_simulated: bool = False) -> dict:
+               thumbnail_jpeg: bytes | None = None, is_simulated: bool = False,
+               journal_id: str | None = None) -> dict:
     """An alert map with every field of the schema (see module doc and docs/alerts.md)."""
     if verdict not in VERDICTS:
         raise AlertError(f"verdict must be one of {VERDICTS}, got {verdict!r}")
@@ -56,6 +62,7 @@ def make_alert(*, node: str, alert_seq: int, camera: str, frame_seq: int, captur
         "normalised_score": None if normalised_score is None else float(normalised_score),
         "threshold": float(threshold), "model_version": model_version, "regions": list(regions or []),
         "reason": reason, "thumbnail_jpeg": thumbnail_jpeg, "is_simulated": bool(is_simulated),
+        "journal_id": journal_id,
     }
     validate_alert(alert)
     return alert
@@ -74,7 +81,15 @@ def decode_alert(frames: list[bytes]) -> dict:
     """Parse and validate ``[topic, body]``; AlertError names what is wrong."""
     if len(frames) != 2:
         raise AlertError(f"an alert has 2 frames [topic, body], got {len(frames)}")
-    body = bytes(frames[1])
+    alert = decode_alert_body(frames[1])
+    if bytes(frames[0]) != alert_topic(alert):
+        raise AlertError(f"topic {bytes(frames[0])!r} does not match the body ({alert_topic(alert)!r})")
+    return alert
+
+
+def decode_alert_body(body: bytes) -> dict:
+    """Parse and validate the body frame alone (e.g. an alert replayed from a node's journal)."""
+    body = bytes(body)
     if len(body) > MAX_ALERT_BYTES:
         raise AlertError(f"alert body of {len(body)} bytes exceeds {MAX_ALERT_BYTES}")
     try:
@@ -82,8 +97,6 @@ def decode_alert(frames: list[bytes]) -> dict:
     except Exception as e:  # msgpack raises several types (ExtraData, FormatError, ValueError...)
         raise AlertError(f"alert body is not msgpack: {e}") from e
     validate_alert(alert)
-    if bytes(frames[0]) != alert_topic(alert):
-        raise AlertError(f"topic {bytes(frames[0])!r} does not match the body ({alert_topic(alert)!r})")
     return alert
 
 
@@ -102,6 +115,9 @@ def validate_alert(alert) -> None:
             continue  # msgpack keeps 3.0 a float, but another language's writer may send an integer
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
             raise AlertError(f"alert field '{key}' has type {type(value).__name__}")
+    for key, kind in OPTIONAL.items():
+        if not isinstance(alert.get(key), kind):
+            raise AlertError(f"alert field '{key}' has type {type(alert[key]).__name__}")
     if alert["verdict"] not in VERDICTS:
         raise AlertError(f"unknown verdict {alert['verdict']!r}")
     if alert["verdict"] != "NotDecidable" and (alert["score"] is None or not math.isfinite(alert["score"])):

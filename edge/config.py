@@ -41,3 +41,10 @@ class PipelineConfig:
     metrics_interval_s: float = 0.5
     parent_pid: int = 0                   # stage processes exit if this process goes away
     is_simulated: bool = False            # alerts say so (demo runs)
+    # The alert journal (edge/journal.py) and its replay endpoint (edge/replay.py); "" = the default:
+    # edge.journal.default_journal_path(node, alerts_addr), edge.replay.default_replay_addr(alerts_addr)
+    journal_path: str = ""
+    journal_max_alerts: int = 100_000
+    journal_max_age_s: float = 7 * 86400.0
+    journal_max_bytes: int = 1 << 30
+    replay_addr: str = ""

@@ -36,6 +36,10 @@ from edge.wire import MessageError, make_socket, unpack
 
 log = logging.getLogger("edge")
 STOP_GRACE_S = 20.0
+CONFIG_ERROR_EXIT = 2         # a stage that cannot start (bad engine, address in use): never restarted
+STARTUP_GRACE_S = 60.0        # a stage's first heartbeat may wait for an engine to load
+RESTART_BACKOFF_S = 0.5       # first restart after this, doubling per restart in the window
+RESTART_BACKOFF_MAX_S = 10.0
 
 
 def _stage_main(name: str, cfg: dict) -> None:
@@ -44,31 +48,71 @@ def _stage_main(name: str, cfg: dict) -> None:
     import faulthandler
     import importlib
     faulthandler.register(signal.SIGUSR1)   # `kill -USR1 <pid>` prints where a stuck stage is
+    _name_process(f"edge-{name}")
     try:
         importlib.import_module(f"edge.stages.{name}").run(PipelineConfig(**cfg))
     except (BackendError, ManifestError, ValueError, OSError, zmq.ZMQError) as e:
         log.error("%s stage cannot run: %s", name, e)
-        sys.exit(2)
+        sys.exit(CONFIG_ERROR_EXIT)
+
+
+def _name_process(name: str) -> None:
+    """Show the stage's name in ps/top (/proc/PID/comm), where a plant engineer looks first."""
+    try:
+        import ctypes
+        ctypes.CDLL(None).prctl(15, name.encode()[:15], 0, 0, 0)   # PR_SET_NAME
+    except (OSError, AttributeError):
+        pass  # not Linux: cosmetic only
+
+
+def merge_snapshots(snapshots: list[dict]) -> dict:
+    """One stage's totals over its incarnations (restarts): counters add up; latency windows
+    and identity come from the newest incarnation."""
+    merged = dict(snapshots[-1])
+    counters: dict[str, dict[str, int]] = {}
+    for snap in snapshots:
+        for name, per_camera in snap.get("counters", {}).items():
+            for camera, n in per_camera.items():
+                counters.setdefault(name, {}).setdefault(camera, 0)
+                counters[name][camera] += n
+    merged["counters"] = counters
+    return merged
 
 
 class Supervisor:
+    """Starts the stage processes, restarts one that dies or hangs, and stops them in order."""
+
     def __init__(self, cfg: PipelineConfig, stages: list[str], print_every: float, metrics_port: int | None,
-                 duration: float | None, quiet: bool) -> None:
+                 duration: float | None, quiet: bool, heartbeat_timeout_s: float = 15.0,
+                 max_restarts: int = 5, restart_window_s: float = 300.0) -> None:
         self.cfg, self.stages, self.print_every, self.duration, self.quiet = cfg, stages, print_every, duration, quiet
+        self.heartbeat_timeout_s, self.max_restarts, self.restart_window_s = \
+            heartbeat_timeout_s, max_restarts, restart_window_s
         self.ctx = zmq.Context()
         self.metrics_in = make_socket(self.ctx, zmq.PULL, hwm=1000)
         self.metrics_in.bind(cfg.metrics_addr)
-        self.snapshots: dict[str, dict] = {}
+        self.snapshots: dict[str, dict] = {}          # newest snapshot of each stage's live incarnation
+        self.retired: dict[str, list[dict]] = {}      # last snapshots of incarnations that died
         self.ready: set[str] = set()
         self.procs: dict[str, mp.Process] = {}
+        self.last_seen: dict[str, float] = {}         # when each live stage last reported
+        self.restart_at: dict[str, float] = {}        # stage -> when to start it again
+        self.restart_times: dict[str, list[float]] = {}
         self.stop_requested = False
-        self.server = MetricsServer(metrics_port, lambda: dict(self.snapshots)) if metrics_port is not None else None
-        self.started = self.first_frame = None
+        self.failed: str | None = None
+        self.server = MetricsServer(metrics_port, self.exported) if metrics_port is not None else None
+        self.started = time.monotonic()
 
+    # -- stage processes ------------------------------------------------------------------------------
     def spawn(self, name: str) -> None:
-        p = mp.get_context("spawn").Process(target=_stage_main, args=(name, asdict(self.cfg)), name=f"edge-{name}")
+        # daemon: should this process die of an exception, multiprocessing terminates the stages
+        # instead of waiting for them (which would wait forever: a stage exits when its parent does).
+        p = mp.get_context("spawn").Process(target=_stage_main, args=(name, asdict(self.cfg)), name=f"edge-{name}",
+                                            daemon=True)
         p.start()
         self.procs[name] = p
+        # A stage reports twice a second once running; loading an engine may take a while first.
+        self.last_seen[name] = time.monotonic() + STARTUP_GRACE_S
 
     def drain_metrics(self, timeout_ms: int) -> None:
         if not self.metrics_in.poll(timeout_ms):
@@ -82,10 +126,74 @@ class Supervisor:
             except MessageError as e:
                 log.warning("supervisor: bad metrics message: %s", e)
                 continue
-            self.snapshots[snap["stage"]] = snap
+            name, proc = snap["stage"], self.procs.get(snap["stage"])
+            if proc is None or snap.get("pid") != proc.pid:
+                continue  # a late word from an incarnation already retired
+            self.snapshots[name] = snap
+            self.last_seen[name] = time.monotonic()   # the start-up grace ends with the first report
             if header.get("ready"):
-                self.ready.add(snap["stage"])
+                self.ready.add(name)
 
+    def merged(self) -> dict[str, dict]:
+        out = {name: merge_snapshots(self.retired.get(name, []) + ([snap] if snap else []))
+               for name in set(self.snapshots) | set(self.retired)
+               for snap in [self.snapshots.get(name)] if self.retired.get(name) or snap}
+        return out
+
+    def exported(self) -> dict[str, dict]:
+        """What /metrics serves: the stages, plus the supervisor's own restart counts."""
+        out = self.merged()
+        out["supervisor"] = {"stage": "supervisor", "pid": os.getpid(), "time": time.monotonic(),
+                             "counters": {"stage_restarts": {n: len(t) for n, t in self.restart_times.items()}},
+                             "latency_ms": {}}
+        return out
+
+    def watch(self, now: float) -> None:
+        """Restart a stage that died (exit code != 0) or hangs (no heartbeat), with back-off."""
+        for name, p in list(self.procs.items()):
+            if name in self.restart_at:
+                continue
+            if p.exitcode is None:
+                if now - self.last_seen[name] > self.heartbeat_timeout_s and not self.stop_requested:
+                    log.error("%s stage (pid %d) silent for %.0f s: killing it as hung", name, p.pid,
+                              now - self.last_seen[name])
+                    p.kill()
+                continue
+            if self.stop_requested:
+                continue
+            if p.exitcode == CONFIG_ERROR_EXIT:   # a bad engine, address or journal: a restart cannot help
+                log.error("%s stage cannot run (see its error above): stopping the pipeline", name)
+                self.failed = self.failed or name
+                self.stop_requested = True
+                continue
+            if p.exitcode == 0:
+                if "capture" in self.stages and "capture" not in self.procs:   # ended before any frame
+                    log.error("%s stage ended before the pipeline started: stopping", name)
+                    self.failed = self.failed or name
+                    self.stop_requested = True
+                continue
+            if name in self.snapshots:
+                self.retired.setdefault(name, []).append(self.snapshots.pop(name))
+            self.ready.discard(name)
+            recent = [t for t in self.restart_times.get(name, []) if now - t < self.restart_window_s]
+            if len(recent) >= self.max_restarts:
+                log.error("%s stage died (exit code %s) %d times in %.0f s: giving up, stopping the pipeline",
+                          name, p.exitcode, len(recent) + 1, self.restart_window_s)
+                self.failed = self.failed or name
+                self.stop_requested = True
+                continue
+            delay = min(RESTART_BACKOFF_MAX_S, RESTART_BACKOFF_S * 2 ** len(recent))
+            self.restart_times.setdefault(name, []).append(now)
+            self.restart_at[name] = now + delay
+            log.error("%s stage died (exit code %s): restarting it in %.1f s (restart %d)", name, p.exitcode,
+                      delay, len(self.restart_times[name]))
+        for name, when in list(self.restart_at.items()):
+            if now >= when:
+                del self.restart_at[name]
+                if not self.stop_requested:
+                    self.spawn(name)
+
+    # -- stopping -------------------------------------------------------------------------------------
     def request_stop(self, *_) -> None:
         self.stop_requested = True
 
@@ -94,57 +202,6 @@ class Supervisor:
         head = next((self.procs[s] for s in STAGES if s in self.procs and self.procs[s].is_alive()), None)
         if head is not None:
             os.kill(head.pid, signal.SIGTERM)
-
-    def run(self) -> int:
-        signal.signal(signal.SIGINT, self.request_stop)
-        signal.signal(signal.SIGTERM, self.request_stop)
-        if self.server:
-            self.server.start()
-            log.info("metrics on http://127.0.0.1:%d/metrics", self.server.port)
-        # Downstream first; capture only once every local stage is ready (engine loaded,
-        # subscribers joined), so the first frames are not lost to a stage still starting.
-        for name in reversed(self.stages):
-            if name != "capture":
-                self.spawn(name)
-        self.started = time.monotonic()
-        last_print, prev, stopping_since, failed = time.monotonic(), None, None, None
-        while True:
-            self.drain_metrics(100)
-            now = time.monotonic()
-            if "capture" in self.stages and "capture" not in self.procs and not self.stop_requested:
-                if self.ready >= set(self.stages) - {"capture"}:
-                    self.spawn("capture")
-                    self.started = time.monotonic()
-            dead = [n for n, p in self.procs.items() if p.exitcode not in (None, 0)]
-            if dead and failed is None:
-                failed = dead[0]
-                log.error("%s stage exited with code %s: stopping the pipeline", failed, self.procs[failed].exitcode)
-                self.stop_requested = True
-            if self.duration is not None and now - self.started >= self.duration:
-                self.stop_requested = True
-            if self.stop_requested and stopping_since is None:
-                stopping_since = now
-                self.stop_capture()
-            if stopping_since is not None and now - stopping_since > STOP_GRACE_S:
-                self.terminate_all()
-            if self.procs and all(p.exitcode is not None for p in self.procs.values()) and \
-                    (self.stop_requested or "capture" in self.procs or "capture" not in self.stages):
-                break
-            if not self.quiet and now - last_print >= self.print_every and self.snapshots:
-                print(format_summary(self.snapshots, prev), flush=True)
-                prev, last_print = {k: dict(v) for k, v in self.snapshots.items()}, now
-        self.drain_metrics(200)
-        elapsed = time.monotonic() - self.started
-        for p in self.procs.values():
-            p.join(1)
-        if "capture" in self.procs:   # a capture stage that was killed cannot remove its rings itself
-            remove_stale_rings(self.procs["capture"].pid)
-        if self.server:
-            self.server.close()
-        self.ctx.destroy(linger=0)
-        self.summary = run_summary(self.snapshots, elapsed)
-        self.summary["stage_pids"] = {name: p.pid for name, p in self.procs.items()}
-        return 1 if failed else 0
 
     def terminate_all(self) -> None:
         for p in self.procs.values():
@@ -156,6 +213,61 @@ class Supervisor:
             if p.is_alive():
                 p.kill()
 
+    def finished(self) -> bool:
+        if not self.procs or self.restart_at or any(p.exitcode is None for p in self.procs.values()):
+            return False
+        return self.stop_requested or "capture" in self.procs or "capture" not in self.stages
+
+    # -- the loop -------------------------------------------------------------------------------------
+    def run(self) -> int:
+        signal.signal(signal.SIGINT, self.request_stop)
+        signal.signal(signal.SIGTERM, self.request_stop)
+        if self.server:
+            self.server.start()
+            log.info("metrics on http://127.0.0.1:%d/metrics", self.server.port)
+        # Downstream first; capture only once every local stage is ready (engine loaded,
+        # subscribers joined), so the first frames are not lost to a stage still starting.
+        for name in reversed(self.stages):
+            if name != "capture":
+                self.spawn(name)
+        last_print, prev, stopping_since = time.monotonic(), None, None
+        while not self.finished():
+            self.drain_metrics(100)
+            now = time.monotonic()
+            if "capture" in self.stages and "capture" not in self.procs and not self.stop_requested:
+                if self.ready >= set(self.stages) - {"capture"}:
+                    self.spawn("capture")
+                    self.started = time.monotonic()
+            self.watch(now)
+            if self.duration is not None and now - self.started >= self.duration:
+                self.stop_requested = True
+            if self.stop_requested and stopping_since is None:
+                stopping_since = now
+                self.restart_at.clear()
+                self.stop_capture()
+            if stopping_since is not None and now - stopping_since > STOP_GRACE_S:
+                self.terminate_all()
+            if not self.quiet and now - last_print >= self.print_every and self.snapshots:
+                merged = self.merged()
+                print(format_summary(merged, prev), flush=True)
+                prev, last_print = merged, now
+        self.drain_metrics(200)
+        elapsed = time.monotonic() - self.started
+        for p in self.procs.values():
+            p.join(1)
+        if "capture" in self.procs:   # a capture stage that was killed cannot remove its rings itself
+            remove_stale_rings(self.procs["capture"].pid)
+        if self.server:
+            self.server.close()
+        self.ctx.destroy(linger=0)
+        for name, p in self.procs.items():   # the final incarnations' counters join the totals
+            if name in self.snapshots and p.exitcode not in (None, 0):
+                self.retired.setdefault(name, []).append(self.snapshots.pop(name))
+        self.summary = run_summary(self.merged(), elapsed)
+        self.summary["stage_pids"] = {name: p.pid for name, p in self.procs.items()}
+        self.summary["restarts"] = {n: len(t) for n, t in self.restart_times.items()}
+        return 1 if self.failed else 0
+
 
 def _total(snapshot: dict | None, counter: str) -> int:
     return sum((snapshot or {}).get("counters", {}).get(counter, {}).values())
@@ -166,7 +278,7 @@ def run_summary(snapshots: dict[str, dict], elapsed_s: float) -> dict:
     alert = snapshots.get("alert")
     latency = (alert or {}).get("latency_ms", {}).get("latency_ms", {}).get("", {})
     judged = sum(_total(alert, f"verdict_{v}") for v in ("OK", "NotOK", "NotDecidable"))
-    return {
+    out = {
         "frames_captured": _total(snapshots.get("capture"), "frames_in"),
         "frames_judged": judged,
         "verdicts": {v: _total(alert, f"verdict_{v}") for v in ("OK", "NotOK", "NotDecidable")},
@@ -178,6 +290,9 @@ def run_summary(snapshots: dict[str, dict], elapsed_s: float) -> dict:
         "latency_ms_p50": latency.get("p50"),
         "latency_ms_p99": latency.get("p99"),
     }
+    # Every captured frame is judged, or dropped (counted where), or was inside a stage that died.
+    out["frames_lost_in_restarts"] = out["frames_captured"] - judged - sum(out["dropped"].values())
+    return out
 
 
 def print_summary(s: dict) -> None:
@@ -187,6 +302,9 @@ def print_summary(s: dict) -> None:
           f"{v['NotDecidable']} not decidable; capture->alert latency p50 "
           f"{_ms(s['latency_ms_p50'])} p99 {_ms(s['latency_ms_p99'])}; "
           f"dropped {sum(s['dropped'].values())}, malformed {sum(s['malformed'].values())}", flush=True)
+    if s.get("restarts"):
+        print(f"edge-run: stage restarts {s['restarts']}; frames lost inside the stages that died: "
+              f"{s['frames_lost_in_restarts']}", flush=True)
 
 
 def _ms(x) -> str:
@@ -248,6 +366,18 @@ reopened with back-off and reported as a NotDecidable alert ("camera blind")."""
                    help="where the alert PUB socket binds (default tcp://127.0.0.1:5560; tcp://0.0.0.0:5560 for the plant)")
     p.add_argument("--wait-subscribers", type=int, default=0, metavar="N",
                    help="hold the frames until N alert subscribers have joined (at most 10 s)")
+    p.add_argument("--journal", default="", metavar="FILE",
+                   help="the alert journal: every alert is written to this SQLite file before it is published "
+                        "and replayed from it to subscribers that missed it (default: alerts-<node>-<port>.sqlite "
+                        "in $STATE_DIRECTORY, else $XDG_STATE_HOME/edge-inspect or ~/.local/state/edge-inspect)")
+    p.add_argument("--journal-max-alerts", type=int, default=100_000, metavar="N",
+                   help="keep at most the newest N alerts in the journal (default 100000)")
+    p.add_argument("--journal-max-days", type=float, default=7.0, metavar="D",
+                   help="forget journaled alerts older than D days (default 7)")
+    p.add_argument("--journal-max-mb", type=float, default=1024.0, metavar="MB",
+                   help="keep at most MB megabytes of alerts (thumbnails included) in the journal (default 1024)")
+    p.add_argument("--replay-addr", default="", metavar="ADDR",
+                   help="where the replay endpoint (ZeroMQ ROUTER) binds (default: the --alerts-addr port + 1)")
     p.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus metrics on this HTTP port")
     p.add_argument("--print-every", type=float, default=5.0, metavar="S", help="print metrics every S seconds")
     p.add_argument("--duration", type=float, default=None, metavar="S", help="stop cleanly after S seconds")
@@ -261,6 +391,10 @@ reopened with back-off and reported as a NotDecidable alert ("camera blind")."""
     p.add_argument("--simulated", action="store_true", help="mark alerts as simulated (demos, commissioning)")
     p.add_argument("--summary-json", type=Path, default=None, help="also write the end-of-run summary here")
     p.add_argument("--quiet", action="store_true", help="no periodic metrics lines")
+    p.add_argument("--heartbeat-timeout", type=float, default=15.0, metavar="S",
+                   help="a stage silent for S seconds is killed as hung and restarted (default 15)")
+    p.add_argument("--max-restarts", type=int, default=5, metavar="N",
+                   help="restarts of one stage within 5 minutes before edge-run gives up (default 5)")
     return p
 
 
@@ -282,6 +416,16 @@ def config_from_args(a: argparse.Namespace) -> tuple[PipelineConfig, list[str]]:
         load_manifest(a.engine)
     except ManifestError as e:
         raise SystemExit(f"edge-run: {e}")
+    if a.journal_max_alerts < 1 or a.journal_max_days <= 0 or a.journal_max_mb <= 0:
+        raise SystemExit("edge-run: --journal-max-alerts, --journal-max-days and --journal-max-mb must be positive")
+    if "alert" in stages:
+        from edge.replay import default_replay_addr
+        try:
+            replay_addr = a.replay_addr or default_replay_addr(a.alerts_addr)
+        except ValueError as e:
+            raise SystemExit(f"edge-run: {e} (--replay-addr)")
+        if replay_addr == a.alerts_addr:
+            raise SystemExit("edge-run: --replay-addr must differ from --alerts-addr")
     endpoints = local_endpoints()
     addr = {hop: getattr(a, f"{hop}_addr") or endpoints[hop] for hop in ("frames", "batches", "scored")}
     cfg = PipelineConfig(
@@ -290,7 +434,9 @@ def config_from_args(a: argparse.Namespace) -> tuple[PipelineConfig, list[str]]:
         node_id=a.node_id, alerts_addr=a.alerts_addr, frames_addr=addr["frames"], batches_addr=addr["batches"],
         scored_addr=addr["scored"], metrics_addr=endpoints["metrics"], frames_inline=a.frames_inline,
         upstreams=a.upstreams, wait_subscribers=a.wait_subscribers, parent_pid=os.getpid(),
-        is_simulated=a.simulated)
+        is_simulated=a.simulated, journal_path=a.journal, journal_max_alerts=a.journal_max_alerts,
+        journal_max_age_s=a.journal_max_days * 86400.0, journal_max_bytes=int(a.journal_max_mb * (1 << 20)),
+        replay_addr=a.replay_addr)
     return cfg, [s for s in STAGES if s in stages]
 
 
@@ -298,7 +444,8 @@ def main(argv: list[str] | None = None) -> int:
     a = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s supervisor %(levelname)s %(message)s")
     cfg, stages = config_from_args(a)
-    sup = Supervisor(cfg, stages, a.print_every, a.metrics_port, a.duration, a.quiet)
+    sup = Supervisor(cfg, stages, a.print_every, a.metrics_port, a.duration, a.quiet,
+                     heartbeat_timeout_s=a.heartbeat_timeout, max_restarts=a.max_restarts)
     code = sup.run()
     print_summary(sup.summary)
     if a.summary_json:

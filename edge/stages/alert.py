@@ -10,9 +10,18 @@ must never take silence for OK.
 The socket is an XPUB so the stage can see subscriptions arrive: with
 ``wait_subscribers`` it holds the pipeline until the PLC/MES side is listening
 (PUB drops whatever is sent before a subscriber has joined).
+
+Every alert is first written to the node's journal (edge/journal.py; one transaction and
+one fsync per scored message), then published: ``alert_seq`` continues across restarts and
+has no gaps, and the replay endpoint (a ROUTER served in this stage's loop, edge/replay.py)
+gives a subscriber what it missed. If the journal cannot be written (disk full), the alert
+is published anyway (the line would rather have it), counted in ``journal_errors`` and
+logged as an ERROR; up to UNJOURNALED_MAX such alerts wait in memory and are written when
+the disk recovers, older ones become tombstones (reported as missing by the replay).
 """
 from __future__ import annotations
 
+import collections
 import math
 import socket
 import time
@@ -23,8 +32,10 @@ import zmq
 
 from edge.alerts import MAX_ALERT_BYTES, encode_alert, make_alert
 from edge.config import PipelineConfig
+from edge.journal import AlertJournal, JournalEntry, JournalError, default_journal_path
 from edge.manifest import load_manifest
 from edge.regions import find_regions
+from edge.replay import ReplayServer, default_replay_addr
 from edge.stages.base import Stage, log
 from edge.verdict import normalised_score
 from edge.wire import MessageError, check_items, field, make_socket
@@ -32,6 +43,7 @@ from edge.wire import MessageError, check_items, field, make_socket
 RECV_HWM = 16
 PUB_HWM = 10_000
 THUMBNAIL_QUALITY = 80
+UNJOURNALED_MAX = 1000        # alerts published but not yet journaled, kept for a retry
 
 
 class CameraRules:
@@ -91,12 +103,34 @@ class AlertStage(Stage):
         self.manifest = load_manifest(cfg.engine, verify_checksum=False)
         self.rules = calibration_rules(self.manifest, cfg.threshold)
         self.node = cfg.node_id or socket.gethostname()
-        self.alert_seq = 0
-        self.last_seq: dict[str, int] = {}
-        self.inp = make_socket(self.ctx, zmq.PULL, hwm=RECV_HWM)
-        self.inp.bind(cfg.scored_addr)
-        self.pub = make_socket(self.ctx, zmq.XPUB, hwm=PUB_HWM, max_bytes=4096)  # inbound: subscriptions only
-        self.pub.bind(cfg.alerts_addr)
+        path = cfg.journal_path or str(default_journal_path(self.node, cfg.alerts_addr))
+        try:
+            self.journal = AlertJournal(path, self.node, max_alerts=cfg.journal_max_alerts,
+                                        max_age_s=cfg.journal_max_age_s, max_bytes=cfg.journal_max_bytes)
+        except JournalError as e:
+            raise ValueError(f"{e} (--journal FILE puts it elsewhere)") from e
+        # durable numbering: continues where the journal ends, across restarts of edge-run
+        self.alert_seq = self.journal.last_seq()
+        self._outbox: list[tuple[JournalEntry, list[bytes], str]] = []
+        self._unjournaled: collections.deque[JournalEntry] = collections.deque()
+        self._unjournaled_dropped = False
+        self._last_journal_log = -math.inf
+        try:
+            self.inp = make_socket(self.ctx, zmq.PULL, hwm=RECV_HWM)
+            self.inp.bind(cfg.scored_addr)
+            self.pub = make_socket(self.ctx, zmq.XPUB, hwm=PUB_HWM, max_bytes=4096)  # inbound: subscriptions only
+            self.pub.bind(cfg.alerts_addr)
+            replay_addr = cfg.replay_addr or default_replay_addr(cfg.alerts_addr)
+            self.replay = ReplayServer(self.ctx, replay_addr, self.journal, self.node,
+                                       count=lambda name, n=1: self.metrics.inc(name, n=n))
+        except BaseException:
+            self.journal.close()
+            raise
+        self.poller = zmq.Poller()
+        self.poller.register(self.inp, zmq.POLLIN)
+        self.poller.register(self.replay.sock, zmq.POLLIN)
+        log.info("alert: journal %s (journal_id %s, %d alerts kept, alert_seq continues at %d); replay on %s",
+                 path, self.journal.journal_id, self.journal.count(), self.alert_seq + 1, replay_addr)
         self.subscribers = 0
         self.eos_seen = 0
 
@@ -119,6 +153,7 @@ class AlertStage(Stage):
         while self.subscribers < self.cfg.wait_subscribers and time.monotonic() < deadline and not self.stopping:
             if self.pub.poll(100):
                 self.poll_subscriptions()
+            self.replay.serve()   # a subscriber says hello before it subscribes
         if self.subscribers < self.cfg.wait_subscribers:
             log.warning("alert: %d of %d subscriber(s) after %.0f s; publishing anyway", self.subscribers,
                         self.cfg.wait_subscribers, self.cfg.wait_subscribers_s)
@@ -127,9 +162,12 @@ class AlertStage(Stage):
                 score: float | None = None, regions=None, reason: str | None = None,
                 thumbnail: bytes | None = None) -> None:
         latency_ms = (time.monotonic() - mono) * 1e3
-        self.metrics.inc(f"verdict_{verdict}", camera)
-        self.metrics.observe("latency_ms", latency_ms, camera)
-        self.metrics.observe("latency_ms", latency_ms)
+        if frame_seq >= 0:   # a frame's verdict; an alert about the camera itself is not a frame
+            self.metrics.inc(f"verdict_{verdict}", camera)
+            self.metrics.observe("latency_ms", latency_ms, camera)
+            self.metrics.observe("latency_ms", latency_ms)
+        else:
+            self.metrics.inc("camera_alerts", camera)
         if verdict == "OK" and self.cfg.publish != "all":
             return
         self.alert_seq += 1
@@ -138,13 +176,47 @@ class AlertStage(Stage):
             published_wall=time.time(), latency_ms=latency_ms, verdict=verdict, score=score,
             normalised_score=None if score is None else float(normalised_score(score, rules.center, rules.scale)),
             threshold=rules.threshold, model_version=self.manifest["model_version"], regions=regions,
-            reason=reason, thumbnail_jpeg=thumbnail, is_simulated=self.cfg.is_simulated)
+            reason=reason, thumbnail_jpeg=thumbnail, is_simulated=self.cfg.is_simulated,
+            journal_id=self.journal.journal_id)
         frames = encode_alert(alert)
         if len(frames[1]) > MAX_ALERT_BYTES:  # a huge thumbnail must not make the alert unreadable
             alert["thumbnail_jpeg"] = None
             frames = encode_alert(alert)
-        self.pub.send_multipart(frames)
-        self.metrics.inc("alerts_published", camera)
+        entry = JournalEntry(self.alert_seq, alert["published_wall"], camera, verdict, frames[1])
+        self._outbox.append((entry, frames, camera))   # journaled, then sent, by flush()
+
+    def flush(self) -> None:
+        """Journal the alerts of the message just handled (one transaction: one fsync), then
+        publish them. Alerts the journal refuses are published all the same (see module doc)."""
+        if not self._outbox:
+            return
+        outbox, self._outbox = self._outbox, []
+        entries = list(self._unjournaled) + [entry for entry, _, _ in outbox]
+        t0 = time.monotonic()
+        try:
+            self.journal.append_many(entries, lost_before=self._unjournaled_dropped)
+            if self._unjournaled:
+                log.warning("alert: the journal works again: %d alert(s) published meanwhile written late",
+                            len(self._unjournaled))
+            self._unjournaled.clear()
+            self._unjournaled_dropped = False
+            self.metrics.observe("journal_ms", (time.monotonic() - t0) * 1e3)
+        except JournalError as e:
+            self.metrics.inc("journal_errors", n=len(outbox))
+            for entry, _, _ in outbox:
+                if len(self._unjournaled) >= UNJOURNALED_MAX:
+                    self._unjournaled.popleft()
+                    self._unjournaled_dropped = True
+                self._unjournaled.append(entry)
+            now = time.monotonic()
+            if now - self._last_journal_log >= 10:   # an ERROR every 10 s while it lasts, not per alert
+                self._last_journal_log = now
+                log.error("alert: cannot journal alert_seq %d..%d, publishing them anyway (%d not journaled, "
+                          "journal_errors %d): %s", outbox[0][0].seq, outbox[-1][0].seq, len(self._unjournaled),
+                          self.metrics.counter("journal_errors"), e)
+        for _, frames, camera in outbox:
+            self.pub.send_multipart(frames)
+            self.metrics.inc("alerts_published", camera)
 
     def judge(self, item: dict, pixels: np.ndarray, score: float, heatmap: np.ndarray) -> None:
         camera = item["camera"]
@@ -197,14 +269,39 @@ class AlertStage(Stage):
             self.report(force=True, ready=True)
             while self.eos_seen < 1 and not self.orphaned() and not self.stopping:
                 self.poll_subscriptions()
-                for header, arrays in self.receive_all(self.inp, timeout_ms=100, limit=64):
+                ready = dict(self.poller.poll(100))
+                if self.replay.sock in ready:
+                    self.replay.serve()
+                if self.inp not in ready:
+                    self.report()
+                    continue
+                for header, arrays in self.receive_all(self.inp, timeout_ms=0, limit=64):
                     try:
                         self.handle(header, arrays)
                     except (MessageError, KeyError, TypeError, ValueError) as e:
                         self.malformed(e)
+                    finally:
+                        self.flush()
                 self.report()
         finally:
             self.close()
+
+    def close(self) -> None:
+        try:
+            self.flush()
+            if self._unjournaled:   # retry once; then say exactly what is at stake
+                self._outbox, entries = [], list(self._unjournaled)
+                try:
+                    self.journal.append_many(entries, lost_before=self._unjournaled_dropped)
+                    self._unjournaled.clear()
+                except JournalError as e:
+                    log.critical("alert: alert_seq %d..%d were published but are not in the journal %s (%s): "
+                                 "move that journal aside before the next start, or new alerts will reuse "
+                                 "these numbers", entries[0].seq, entries[-1].seq, self.journal.path, e)
+        finally:
+            self.replay.close()
+            self.journal.close()
+            super().close()
 
 
 def run(cfg: PipelineConfig) -> None:

@@ -97,6 +97,7 @@ class Stage:
                 return True
             if self.orphaned():
                 return False
+            self.report()   # waiting on the next stage is not hanging: keep the heartbeat going
 
     def send_control(self, sock: zmq.Socket, header: dict, timeout_s: float = 10.0) -> bool:
         """End-of-stream and events must not be dropped: wait (bounded) for room."""

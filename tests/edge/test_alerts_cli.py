@@ -6,6 +6,7 @@ sleeping through ZeroMQ's slow-joiner window, and no alert is lost to it.
 """
 import json
 import logging
+import queue
 import signal
 import sqlite3
 import subprocess
@@ -21,7 +22,9 @@ import zmq
 
 from edge.alerts import MAX_ALERT_BYTES, encode_alert, make_alert
 from edge.alerts_cli import (MAXMSGSIZE, AlertStore, AlertSubscriber, RateLimitedLog, alert_to_json,
-                             format_alert, main, subscription_prefixes, thumbnail_name)
+                             format_alert, main, parse_connect, subscription_prefixes, thumbnail_name)
+from edge.journal import AlertJournal
+from edge.replay import ReplayServer
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -257,13 +260,14 @@ def test_store_writes_one_row_per_alert_and_ignores_duplicates(tmp_path):
     with sqlite3.connect(db) as con:
         con.row_factory = sqlite3.Row
         rows = con.execute("SELECT * FROM alerts ORDER BY alert_seq").fetchall()
-        assert con.execute("PRAGMA user_version").fetchone()[0] == 1
+        assert con.execute("PRAGMA user_version").fetchone()[0] == 2
     assert len(rows) == 2
     r0, r1 = dict(rows[0]), dict(rows[1])
     assert r0["thumbnail_jpeg"] == JPEG and r0["frame_seq"] == 100 and r0["received_wall"] == 5.0
     assert r0["verdict"] == "NotOK" and r0["score"] == 0.9 and r0["threshold"] == 0.5
     assert json.loads(r0["regions_json"]) == [{"box": [1, 2, 3, 4], "area": 9, "peak": 0.95}] and r0["n_regions"] == 1
     assert r0["is_simulated"] == 0 and r0["schema_v"] == 1 and r0["model_version"] == "hybrid-abc123"
+    assert r0["journal_id"] is None                                # a node without a journal
     assert r1["score"] is None and r1["reason"] == "camera blind" and r1["thumbnail_jpeg"] is None
     with AlertStore(db) as store:                                  # reopened: appends
         assert store.add(alert(seq=2))
@@ -379,3 +383,385 @@ def test_subscriber_and_metrics_import_without_torch_or_the_training_packages():
             "print(bad); sys.exit(1 if bad else 0)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+# -- exactly once: journaled nodes, gaps, replay -----------------------------------------------------
+class JournaledNode:
+    """A test edge node with a journal, as the alert stage has one: an XPUB for the alerts and a
+    replay ROUTER (edge.replay.ReplayServer) on a real AlertJournal. A thread owns the sockets
+    and the journal (each belongs to one thread); the test talks to it through ``call``."""
+
+    def __init__(self, tmp_path, name="journal.sqlite", node="line1", ports=None, **journal_kw):
+        self.cmds: queue.Queue = queue.Queue()
+        self.serving = threading.Event()      # cleared: the replay endpoint stops answering
+        self.serving.set()
+        self.subscriptions = 0
+        self._ready = threading.Event()
+        self._error = None
+        self._args = (tmp_path / name, node, ports, journal_kw)
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+        assert self._ready.wait(10) and self._error is None, self._error
+
+    def _run(self):
+        path, node, ports, journal_kw = self._args
+        ctx = zmq.Context()
+        try:
+            pub = ctx.socket(zmq.XPUB)
+            pub.setsockopt(zmq.LINGER, 0)
+            pub.setsockopt(zmq.XPUB_VERBOSE, 1)        # every subscriber's subscription, not only the first
+            if ports:
+                pub.bind(f"tcp://127.0.0.1:{ports[0]}")
+            else:
+                pub.bind("tcp://127.0.0.1:*")
+            journal = AlertJournal(path, node, **journal_kw)
+            srv = ReplayServer(ctx, f"tcp://127.0.0.1:{ports[1] if ports else '*'}", journal, node)
+            self.endpoint = pub.getsockopt(zmq.LAST_ENDPOINT).decode()
+            self.replay_endpoint = srv.sock.getsockopt(zmq.LAST_ENDPOINT).decode()
+            self.ports = (int(self.endpoint.rsplit(":", 1)[1]), int(self.replay_endpoint.rsplit(":", 1)[1]))
+            self.connect = f"{self.endpoint},{self.replay_endpoint}"
+            self.journal_id, self.node, self.srv = journal.journal_id, node, srv
+        except Exception as e:
+            self._error = e
+            self._ready.set()
+            ctx.destroy(linger=0)
+            return
+        self._ready.set()
+        while True:
+            while pub.poll(0):
+                if pub.recv()[:1] == b"\x01":
+                    self.subscriptions += 1
+            if self.serving.is_set():
+                srv.serve()
+            try:
+                cmd = self.cmds.get(timeout=0.005)
+            except queue.Empty:
+                continue
+            if cmd is None:
+                break
+            fn, box, done = cmd
+            try:
+                box.append(fn(journal, pub))
+            except Exception as e:
+                box.append(e)
+            done.set()
+        srv.close()
+        journal.close()
+        ctx.destroy(linger=0)
+
+    def call(self, fn):
+        box, done = [], threading.Event()
+        self.cmds.put((fn, box, done))
+        assert done.wait(10)
+        if isinstance(box[0], Exception):
+            raise box[0]
+        return box[0]
+
+    def publish(self, n=1, send=True, verdict="OK", camera="cam0"):
+        """``n`` alerts, journaled; sent only with ``send`` (else: lost on the way)."""
+        def run(journal, pub):
+            out = []
+            for _ in range(n):
+                seq = journal.last_seq() + 1
+                a = alert(node=self.node, seq=seq, camera=camera, verdict=verdict,
+                          score=0.9 if verdict == "NotOK" else 0.1, journal_id=journal.journal_id,
+                          published_wall=time.time())   # (the journal's retention goes by age too)
+                frames = encode_alert(a)
+                journal.append(seq, a["published_wall"], frames[1], camera, verdict)
+                if send:
+                    pub.send_multipart(frames)
+                out.append(seq)
+            return out
+        return self.call(run)
+
+    def resend(self, seq):
+        def run(journal, pub):
+            body = journal.since(seq - 1, 1).alerts[0]
+            a = msgpack.unpackb(body)
+            pub.send_multipart([f"{a['verdict']}/{a['camera']}".encode(), body])
+        self.call(run)
+
+    def wait_subscribed(self, n=1, timeout=5.0):
+        deadline = time.monotonic() + timeout
+        while self.subscriptions < n:
+            assert time.monotonic() < deadline, f"{self.subscriptions} subscription(s)"
+            time.sleep(0.01)
+
+    def stop(self):
+        self.cmds.put(None)
+        self.thread.join(10)
+
+
+@pytest.fixture
+def jnode(tmp_path):
+    n = JournaledNode(tmp_path)
+    yield n
+    n.stop()
+
+
+def seqs_of(alerts):
+    return [a["alert_seq"] for a in alerts]
+
+
+def test_parse_connect():
+    assert parse_connect("tcp://line1:5560") == ("tcp://line1:5560", "tcp://line1:5561")
+    assert parse_connect("tcp://line1:5560,tcp://line1:6000") == ("tcp://line1:5560", "tcp://line1:6000")
+    assert parse_connect("tcp://line1:*") == ("tcp://line1:*", None)
+    with pytest.raises(ValueError):
+        parse_connect(",tcp://x:1")
+
+
+def test_alerts_lost_on_the_way_are_fetched_and_delivered_in_order(jnode):
+    with AlertSubscriber([jnode.connect]) as sub:
+        jnode.wait_subscribed()
+        assert sub.wait_replay(5)
+        jnode.publish(3)                                  # 1..3 arrive
+        jnode.publish(3, send=False)                      # 4..6 journaled, lost on the way
+        jnode.publish(1)                                  # 7 shows the gap
+        got = recv_n(sub, 7)
+        assert seqs_of(got) == list(range(1, 8))
+        assert all(a["journal_id"] == jnode.journal_id for a in got)
+        assert sub.counters["replayed"] >= 3 and sub.counters["received"] == 7
+        assert sub.gaps_open == 0 and sub.counters["gaps_lost"] == 0 and sub.counters["gaps_opened"] == 0
+        dups = sub.counters["duplicates"]
+        jnode.resend(5)                                   # the same alert again: dropped
+        jnode.publish(1)
+        assert seqs_of(recv_n(sub, 1)) == [8] and sub.recv(timeout=0.1) is None
+        assert sub.counters["duplicates"] == dups + 1
+
+
+def test_a_lost_tail_is_found_by_the_periodic_hello(jnode):
+    with AlertSubscriber([jnode.connect], hello_every_s=0.2) as sub:
+        jnode.wait_subscribed()
+        jnode.publish(1)
+        jnode.publish(2, send=False)                      # the last alerts before the line stops
+        assert seqs_of(recv_n(sub, 3)) == [1, 2, 3]
+
+
+def test_where_a_subscriber_starts(jnode):
+    jnode.publish(10, send=False)                         # before anyone listens
+    with AlertSubscriber([jnode.connect], since_start=True) as sub:
+        jnode.wait_subscribed()
+        assert seqs_of(recv_n(sub, 10)) == list(range(1, 11)) and sub.counters["replayed"] == 10
+        jnode.publish(2)
+        assert seqs_of(recv_n(sub, 2)) == [11, 12]
+    with AlertSubscriber([jnode.connect]) as sub:        # default: from now on, no history
+        jnode.wait_subscribed(2)
+        assert sub.wait_replay(5)
+        jnode.publish(1)
+        assert seqs_of(recv_n(sub, 1)) == [13] and sub.recv(timeout=0.2) is None
+    with AlertSubscriber([jnode.connect], replay_from=12) as sub:
+        jnode.wait_subscribed(3)
+        assert seqs_of(recv_n(sub, 2)) == [12, 13]
+
+
+def test_what_the_node_has_pruned_is_reported_lost(tmp_path, caplog):
+    node = JournaledNode(tmp_path, max_alerts=5, prune_every=1)
+    try:
+        node.publish(20, send=False)
+        with caplog.at_level(logging.WARNING, logger="edge.alerts"):
+            with AlertSubscriber([node.connect], replay_from=1) as sub:
+                assert seqs_of(recv_n(sub, 5)) == [16, 17, 18, 19, 20]
+                assert sub.counters["gaps_lost"] == 15 and sub.gaps_open == 0
+        assert any("15 alert(s) of alert_seq 1..15 lost" in r.getMessage() for r in caplog.records)
+        with AlertSubscriber([node.connect], since_start=True) as sub:   # "all it still has": nothing lost
+            assert seqs_of(recv_n(sub, 5)) == [16, 17, 18, 19, 20] and sub.counters["gaps_lost"] == 0
+    finally:
+        node.stop()
+
+
+def test_an_unreachable_replay_opens_a_gap_that_is_filled_later(jnode):
+    with AlertSubscriber([jnode.connect], replay_timeout_s=0.3) as sub:
+        jnode.wait_subscribed()
+        assert sub.wait_replay(5)
+        jnode.publish(2)
+        assert seqs_of(recv_n(sub, 2)) == [1, 2]
+        jnode.serving.clear()                             # the replay endpoint stops answering
+        jnode.publish(2, send=False)
+        jnode.publish(1)
+        t0 = time.monotonic()
+        assert seqs_of(recv_n(sub, 1)) == [5]             # the live alert is not held back for long
+        assert time.monotonic() - t0 < 2
+        assert sub.gaps_open == 2 and sub.counters["gaps_opened"] == 2 and sub.counters["replay_timeouts"] >= 1
+        jnode.serving.set()
+        assert seqs_of(recv_n(sub, 2, timeout=10)) == [3, 4]   # delivered late, once
+        assert sub.gaps_open == 0 and sub.counters["gaps_recovered"] == 2 and sub.counters["gaps_lost"] == 0
+        jnode.publish(1)
+        assert seqs_of(recv_n(sub, 1)) == [6]
+
+
+def test_a_node_whose_journal_is_replaced_is_read_from_its_new_start(tmp_path, caplog):
+    first = JournaledNode(tmp_path)
+    with caplog.at_level(logging.WARNING, logger="edge.alerts"):
+        with AlertSubscriber([first.connect], hello_every_s=0.2) as sub:
+            first.wait_subscribed()
+            first.publish(3)
+            assert seqs_of(recv_n(sub, 3)) == [1, 2, 3]
+            ports, old_id = first.ports, first.journal_id
+            first.stop()
+            again = JournaledNode(tmp_path, name="new-journal.sqlite", ports=ports)   # same node, new journal
+            try:
+                deadline = time.monotonic() + 10                 # the subscriber re-dials (it runs in recv)
+                while again.subscriptions < 1 and time.monotonic() < deadline:
+                    assert sub.recv(timeout=0.05) is None
+                again.publish(2)
+                got = recv_n(sub, 2)
+                assert seqs_of(got) == [1, 2] and {a["journal_id"] for a in got} == {again.journal_id} != {old_id}
+                assert sub.counters["journal_resets"] == 1 and sub.counters["duplicates"] <= 2
+                assert sub.recv(timeout=0.3) is None
+            finally:
+                again.stop()
+    assert any("journal" in r.getMessage() and "starts over" in r.getMessage() for r in caplog.records)
+
+
+def test_a_restarted_subscriber_resumes_from_its_store_exactly_once(jnode, tmp_path):
+    db = tmp_path / "alerts.sqlite"
+    with AlertStore(db) as store, AlertSubscriber([jnode.connect], resume=store) as sub:
+        jnode.wait_subscribed()
+        jnode.publish(5)
+        for a in recv_n(sub, 5):
+            assert store.add(a)
+    jnode.publish(5)                                      # nobody listens
+    with AlertStore(db) as store, AlertSubscriber([jnode.connect], resume=store) as sub:
+        got = recv_n(sub, 5)
+        assert seqs_of(got) == [6, 7, 8, 9, 10] and sub.counters["replayed"] == 5
+        for a in got:
+            assert store.add(a)
+        jnode.wait_subscribed(2)
+        jnode.publish(1)
+        a = recv_n(sub, 1)[0]
+        assert a["alert_seq"] == 11 and store.add(a) and sub.recv(timeout=0.2) is None
+        assert store.last_seq("line1", jnode.journal_id) == 11
+    with sqlite3.connect(db) as con:
+        rows = con.execute("SELECT alert_seq, journal_id FROM alerts ORDER BY alert_seq").fetchall()
+    assert rows == [(i, jnode.journal_id) for i in range(1, 12)]
+
+
+def test_open_gaps_survive_a_restart_of_the_subscriber(jnode, tmp_path):
+    db = tmp_path / "alerts.sqlite"
+    with AlertStore(db) as store, AlertSubscriber([jnode.connect], resume=store, replay_timeout_s=0.3) as sub:
+        jnode.wait_subscribed()
+        assert sub.wait_replay(5)
+        jnode.publish(1)
+        jnode.serving.clear()
+        jnode.publish(2, send=False)
+        jnode.publish(1)
+        for a in recv_n(sub, 2):                          # 1 and 4; 2..3 missing
+            store.add(a)
+        assert store.open_gaps("line1", jnode.journal_id) == [(2, 3)]
+    jnode.serving.set()
+    with AlertStore(db) as store, AlertSubscriber([jnode.connect], resume=store) as sub:
+        got = recv_n(sub, 2)
+        assert seqs_of(got) == [2, 3] and sub.counters["gaps_recovered"] == 2
+        assert store.open_gaps("line1", jnode.journal_id) == [(2, 3)]   # until they are stored
+        store.add(got[0])
+        assert store.open_gaps("line1", jnode.journal_id) == [(3, 3)]
+        store.add(got[1])
+        assert store.open_gaps("line1", jnode.journal_id) == []
+
+
+def test_the_store_keeps_open_gaps_as_ranges(tmp_path):
+    jid = "a" * 32
+    with AlertStore(tmp_path / "a.sqlite") as store:
+        store.add_gap("line1", jid, 5, 9)
+        store.add_gap("line1", jid, 10, 12)                            # adjacent: merged
+        store.add_gap("line1", jid, 20, 25)
+        store.add_gap("line1", "b" * 32, 1, 3)                        # another journal: apart
+        assert store.open_gaps("line1", jid) == [(5, 12), (20, 25)]
+        assert store.add(alert(seq=7, journal_id=jid))                 # stored: no longer missing
+        store.close_gap(jid, 21, 30)                                   # known lost / filtered out
+        assert store.open_gaps("line1", jid) == [(5, 6), (8, 12), (20, 20)]
+        assert not store.add(alert(seq=7, journal_id=jid))
+        assert store.open_gaps("line1", "b" * 32) == [(1, 3)]
+
+
+def test_with_filters_only_matching_alerts_are_fetched(jnode):
+    with AlertSubscriber([jnode.connect], verdicts=["NotOK"]) as sub:
+        jnode.wait_subscribed()
+        assert sub.wait_replay(5)
+        jnode.publish(1, verdict="NotOK")                 # 1
+        jnode.publish(2)                                  # 2, 3: OK, not even sent to us
+        jnode.publish(1, verdict="NotOK", send=False)     # 4: lost on the way
+        jnode.publish(1)                                  # 5
+        jnode.publish(1, verdict="NotOK")                 # 6
+        assert seqs_of(recv_n(sub, 3)) == [1, 4, 6] and sub.recv(timeout=0.2) is None
+        assert sub.counters["gaps_lost"] == 0 and sub.counters["filtered"] == 0
+
+
+def test_a_garbage_replay_endpoint_is_counted_and_live_alerts_still_flow(node, ctx):
+    router = ctx.socket(zmq.ROUTER)
+    router.setsockopt(zmq.LINGER, 0)
+    port = router.bind_to_random_port("tcp://127.0.0.1")
+    stop = threading.Event()
+
+    def answer_garbage():
+        while not stop.is_set():
+            if router.poll(20):
+                ident, _ = router.recv_multipart()
+                router.send_multipart([ident, b"\xc1 garbage"])
+    t = threading.Thread(target=answer_garbage, daemon=True)
+    t.start()
+    jid = "f" * 32
+    try:
+        with AlertSubscriber([f"{node.endpoint},tcp://127.0.0.1:{port}"], replay_timeout_s=0.3) as sub:
+            node.wait_subscribed()
+            node.send(alert(seq=1, journal_id=jid))
+            node.send(alert(seq=3, journal_id=jid))            # 2 is missing; the replay talks nonsense
+            assert seqs_of(recv_n(sub, 2)) == [1, 3]
+            assert sub.counters["replay_errors"] >= 1 and sub.gaps_open == 1
+    finally:
+        stop.set()
+        t.join(2)
+
+
+def test_store_version_1_is_upgraded_in_place(tmp_path):
+    db = tmp_path / "old.sqlite"
+    con = sqlite3.connect(db)
+    con.executescript("""
+        CREATE TABLE alerts (node TEXT NOT NULL, alert_seq INTEGER NOT NULL, camera TEXT NOT NULL,
+            frame_seq INTEGER NOT NULL, capture_wall REAL NOT NULL, published_wall REAL NOT NULL,
+            received_wall REAL NOT NULL, latency_ms REAL NOT NULL, verdict TEXT NOT NULL, score REAL,
+            normalised_score REAL, threshold REAL NOT NULL, model_version TEXT NOT NULL,
+            n_regions INTEGER NOT NULL, regions_json TEXT NOT NULL, reason TEXT, thumbnail_jpeg BLOB,
+            is_simulated INTEGER NOT NULL, schema_v INTEGER NOT NULL, UNIQUE (node, alert_seq, published_wall));
+        INSERT INTO alerts VALUES ('line1', 1, 'cam0', 1, 1.0, 2.0, 3.0, 1.0, 'OK', 0.1, 0.2, 0.5, 'm', 0, '[]',
+            NULL, NULL, 0, 1);
+        PRAGMA user_version = 1;""")
+    con.close()
+    with AlertStore(db) as store:
+        assert store.knows_node("line1") and store.last_seq("line1", "j" * 32) is None
+        assert store.add(alert(seq=1, journal_id="j" * 32))
+        assert not store.add(alert(seq=1, journal_id="j" * 32))
+        assert store.last_seq("line1", "j" * 32) == 1
+    with sqlite3.connect(db) as con:
+        assert con.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert con.execute("SELECT count(*), count(journal_id) FROM alerts").fetchone() == (2, 1)
+    con = sqlite3.connect(db)
+    con.execute("PRAGMA user_version = 7")
+    con.commit()
+    con.close()
+    with pytest.raises(ValueError, match="version 7"):
+        AlertStore(db)
+
+
+def test_main_replay_options(capsys):
+    for argv in (["--connect", "tcp://127.0.0.1:1", "--since-start", "--replay-from", "3"],
+                 ["--connect", "tcp://127.0.0.1:1", "--replay-from", "0"],
+                 ["--connect", "tcp://127.0.0.1:1", "--no-replay", "--since-start"]):
+        with pytest.raises(SystemExit) as e:
+            main(argv)
+        assert e.value.code == 2
+
+
+def test_main_db_resumes_after_a_restart(jnode, tmp_path, capsys):
+    db = tmp_path / "a.sqlite"
+    t = threading.Thread(target=lambda: (jnode.wait_subscribed(), jnode.publish(3)), daemon=True)
+    t.start()
+    assert main(["--connect", jnode.connect, "--db", str(db), "-q", "--count", "3", "--timeout", "10"]) == 0
+    jnode.publish(4)                                      # while edge-alerts is not running
+    assert main(["--connect", jnode.connect, "--db", str(db), "-q", "--count", "4", "--timeout", "10",
+                 "--summary"]) == 0
+    out = capsys.readouterr().out
+    assert "edge-alerts summary: 4 alerts" in out and "4 replayed" in out
+    with sqlite3.connect(db) as con:
+        assert con.execute("SELECT alert_seq FROM alerts ORDER BY alert_seq").fetchall() == [(i,) for i in range(1, 8)]
