@@ -21,8 +21,8 @@ install: $(STAMP)
 SAMPLE := trainer/sample_data/elpv_mini
 DEMO_ALERTS := tcp://127.0.0.1:5560
 demo: $(STAMP)
-	@$(BIN)/edge-alerts --connect $(DEMO_ALERTS) --count 50 --timeout 60 --summary & \
-	$(BIN)/edge-run --engine edge/bundled/model.onnx --source $(SAMPLE)/images --no-drop --simulated \
+	@$(BIN)/edge-alerts --insecure --connect $(DEMO_ALERTS) --count 50 --timeout 60 --summary & \
+	$(BIN)/edge-run --engine edge/bundled/model.onnx --source $(SAMPLE)/images --no-drop --simulated --insecure \
 		--alerts-addr $(DEMO_ALERTS) --wait-subscribers 1 --print-every 2; \
 	status=$$?; wait; exit $$status
 

@@ -1,9 +1,9 @@
 """ONNX Runtime (CPU) vs. torch eager: images/s and latency of the deployed hybrid model.
 
 The model is the one the line runs: the hybrid (LAMP autoencoder + two-head scorer), built with
-the project's own tools on the embedded sample (trainer/sample_data/elpv_mini) as `make demo` does
-(edge-train ae / scorer / hybrid, then edge-export), at 112 px (the demo size) and 128 px (the
-scorer's default size). Training is cut to a few steps: the weights are useless for inspection but
+the project's own tools on the embedded sample (trainer/sample_data/elpv_mini) as `make train-demo`
+and `make bundled-model` do (edge-train ae / scorer / hybrid, then edge-export), at 112 px (their size,
+the bundled demo model's) and 128 px (the scorer's default size). Training is cut to a few steps: the weights are useless for inspection but
 the graph, and so the cost of a forward pass, is the deployed one. Runs are kept in
 runs/bench_runtime/ and reused (--retrain to rebuild them).
 
@@ -11,8 +11,10 @@ Both sides score the same float32 batch (sample cells, preprocessed as on the ed
 * torch: the run's module from trainer.runs.open_run (eval mode) under torch.no_grad(), with
   torch.set_num_threads(N) where N is the thread count ONNX Runtime uses by default;
 * ONNX Runtime: edge.backends.open_backend(model.onnx), the edge's own backend with its own session
-  settings (CPUExecutionProvider, default intra-op threads = one per physical core), so the figure is
-  what the line gets; a call is backend.infer(batch) (input check included).
+  settings (CPUExecutionProvider, default intra-op threads = one per physical core, thread spinning
+  off), so the figure is what the line gets; a call is backend.infer(batch) (input check included);
+* for reference, ONNX Runtime with its own defaults (worker threads spin between calls), which the edge
+  turned off for the pipeline's sake: what that choice costs per model call.
 Timing is interleaved: rounds of R calls, torch then ONNX Runtime, the order swapped every round, so
 machine noise hits both; each round starts with one untimed call (the other runtime's threads may
 still be spinning down). Warm-up calls precede everything. Reported: per-call latency p50/p99 and the
@@ -24,7 +26,7 @@ Writes docs/bench/ort_vs_torch.json and the "runtime_cpu" section of docs/benchm
 
   python bench/ort_vs_torch.py [--sizes 112 128] [--calls-b1 500] [--calls-b8 100] [--retrain]
 
-About 3 minutes on 2 cores (training included; about 1.5 minutes when the runs are reused).
+About 3 minutes on 2 cores (training included; 1.5 minutes when the runs are reused), longer on a busy machine.
 """
 from __future__ import annotations
 
@@ -99,6 +101,10 @@ def build_models(size: int, retrain: bool) -> Path:
     out = RUNS / f"s{size}"
     onnx_path = out / "model.onnx"
     done = [onnx_path, onnx_path.with_name("model.onnx.manifest.json"), out / "hybrid" / "checkpoint.pt"]
+    stale = onnx_path.with_name("model.onnx.tmp.data")   # weights outside the graph: an older edge-export
+    if stale.exists():
+        stale.unlink()
+        retrain = True
     if not retrain and all(p.is_file() for p in done):
         print(f"[{size} px] reusing {out}", flush=True)
         return out
@@ -119,6 +125,14 @@ def build_models(size: int, retrain: bool) -> Path:
         if r.returncode != 0:
             raise SystemExit(f"failed: {' '.join(cmd)}\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}")
     return out
+
+
+def spinning_setting(opts) -> str:
+    try:
+        value = opts.get_session_config_entry("session.intra_op.allow_spinning")
+    except Exception:  # not set: ONNX Runtime's default
+        return "1 (ONNX Runtime default)"
+    return value or "1 (ONNX Runtime default)"
 
 
 def sample_batch(run: dict, batch: int) -> np.ndarray:
@@ -162,7 +176,12 @@ def measure(size: int, run_dir: Path, threads: int, calls: dict[int, int], round
     ort_settings = {"providers": backend.providers, "intra_op_num_threads": opts.intra_op_num_threads,
                     "inter_op_num_threads": opts.inter_op_num_threads,
                     "execution_mode": str(opts.execution_mode), "graph_optimization_level":
-                    str(opts.graph_optimization_level)}
+                    str(opts.graph_optimization_level), "allow_spinning": spinning_setting(opts)}
+    # reference: the same graph, ONNX Runtime's own session defaults (threads spin between calls)
+    import onnxruntime as ort
+
+    from edge.backends import check_batch
+    spin_session = ort.InferenceSession(str(run_dir / "model.onnx"), providers=["CPUExecutionProvider"])
 
     def run_torch(x: np.ndarray):
         with torch.no_grad():
@@ -172,22 +191,27 @@ def measure(size: int, run_dir: Path, threads: int, calls: dict[int, int], round
     def run_ort(x: np.ndarray):
         return backend.infer(x)
 
+    def run_ort_spin(x: np.ndarray):
+        xx = check_batch(x, backend.input_shape, backend.max_batch)
+        return dict(zip(backend.output_names, spin_session.run(backend.output_names, {backend.input_name: xx})))
+
+    runtimes = [("torch", run_torch), ("onnxruntime", run_ort), ("onnxruntime_spin", run_ort_spin)]
+
     rows = []
     for batch in sorted(calls):
         x = sample_batch(run, batch)
         # same model? (scores of the same batch agree; export checked this within 1e-3 already)
         score_diff = float(np.abs(run_torch(x)[0] - run_ort(x)["score"]).max())
         for _ in range(warmup):
-            run_torch(x)
-            run_ort(x)
-        lat = {"torch": [], "onnxruntime": []}
+            for _, fn in runtimes:
+                fn(x)
+        lat = {name: [] for name, _ in runtimes}
         per_round = []
         t_begin = time.perf_counter()
         n_rounds = max(1, calls[batch] // round_len[batch])
         for r in range(n_rounds):
-            order = [("torch", run_torch), ("onnxruntime", run_ort)]
-            if r % 2:
-                order.reverse()
+            k = r % len(runtimes)           # rotate which runtime goes first
+            order = runtimes[k:] + runtimes[:k]
             medians = {}
             for name, fn in order:
                 fn(x)  # untimed: the other runtime's pool may still be spinning down
@@ -199,8 +223,9 @@ def measure(size: int, run_dir: Path, threads: int, calls: dict[int, int], round
                 lat[name] += times
                 medians[name] = float(np.median(times))
             per_round.append({"t_s": time.perf_counter() - t_begin, "loadavg_1min": os.getloadavg()[0],
-                              "torch_p50_ms": 1e3 * medians["torch"], "onnxruntime_p50_ms": 1e3 * medians["onnxruntime"],
-                              "ratio": medians["torch"] / medians["onnxruntime"]})
+                              **{f"{n}_p50_ms": 1e3 * m for n, m in medians.items()},
+                              "ratio": medians["torch"] / medians["onnxruntime"],
+                              "ratio_spin": medians["torch"] / medians["onnxruntime_spin"]})
         row = {"size": size, "batch": batch, "calls_per_runtime": n_rounds * round_len[batch],
                "rounds": n_rounds, "calls_per_round": round_len[batch], "max_abs_score_diff": score_diff,
                "torch_load_s": torch_load_s, "onnxruntime_load_s": ort_load_s, "onnxruntime_session": ort_settings,
@@ -216,12 +241,16 @@ def measure(size: int, run_dir: Path, threads: int, calls: dict[int, int], round
         # the headline: both runtimes ran back to back within a round, so a round's ratio sees one noise level
         row["ratio_per_round"] = {"median": float(np.median(ratios)), "q25": pct(ratios, 25), "q75": pct(ratios, 75),
                                   "min": float(np.min(ratios)), "max": float(np.max(ratios))}
+        spin = [x["ratio_spin"] for x in per_round]
+        row["ratio_spin_per_round"] = {"median": float(np.median(spin)), "q25": pct(spin, 25), "q75": pct(spin, 75)}
+        row["ratio_spin_fastest_calls"] = row["torch"]["min_ms"] / row["onnxruntime_spin"]["min_ms"]
         row["rounds_detail"] = per_round
         rows.append(row)
         print(f"[{size} px, batch {batch}] torch p50 {row['torch']['p50_ms']:.2f} ms "
               f"({row['torch']['images_per_s']:.1f} img/s), ORT p50 {row['onnxruntime']['p50_ms']:.2f} ms "
               f"({row['onnxruntime']['images_per_s']:.1f} img/s), ORT/torch {row['ratio_ort_over_torch']:.2f} "
-              f"(per round: median {row['ratio_per_round']['median']:.2f})",
+              f"(per round: median {row['ratio_per_round']['median']:.2f}); ORT spinning on p50 "
+              f"{row['onnxruntime_spin']['p50_ms']:.2f} ms",
               flush=True)
     return rows
 
@@ -278,11 +307,18 @@ def table(rows: list[dict]) -> list[str]:
              "| ORT / torch: overall medians | ORT / torch: per round, median [IQR] | ORT / torch: fastest calls |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        rr = r["ratio_per_round"]
-        for name, label in (("torch", "torch eager"), ("onnxruntime", "ONNX Runtime CPU")):
+        for name, label in (("torch", "torch eager"), ("onnxruntime", "ONNX Runtime CPU (the edge's backend)"),
+                            ("onnxruntime_spin", "ONNX Runtime CPU, threads spinning (reference)")):
             m = r[name]
-            ratio = (f"{r['ratio_ort_over_torch']:.2f} | **{rr['median']:.2f}** [{rr['q25']:.2f}-{rr['q75']:.2f}] "
-                     f"| {r['ratio_fastest_calls']:.2f}" if name == "onnxruntime" else " | | ")
+            if name == "torch":
+                ratio = " | | "
+            else:
+                rr = r["ratio_per_round"] if name == "onnxruntime" else r["ratio_spin_per_round"]
+                fastest = r["ratio_fastest_calls"] if name == "onnxruntime" else r["ratio_spin_fastest_calls"]
+                overall = m["images_per_s"] / r["torch"]["images_per_s"]
+                bold = "**" if name == "onnxruntime" else ""
+                ratio = (f"{overall:.2f} | {bold}{rr['median']:.2f}{bold} [{rr['q25']:.2f}-{rr['q75']:.2f}] "
+                         f"| {fastest:.2f}")
             lines.append(f"| {r['size']} px | {r['batch']} | {label} | {m['images_per_s']:.1f} | {m['p50_ms']:.2f} "
                          f"| {m['p99_ms']:.2f} | {m['min_ms']:.2f} | {ratio} |")
     return lines
@@ -311,9 +347,7 @@ def reading(rows: list[dict], profile: dict, graph: dict) -> list[str]:
             fast = by[1]["onnxruntime"]["min_ms"] * 8 / by[8]["onnxruntime"]["min_ms"]
             out.append(f"- Batching 8 instead of 1 at {size} px: x{gain['onnxruntime']:.2f} images/s with ONNX Runtime "
                        f"(x{fast:.2f} by the fastest calls), x{gain['torch']:.2f} with torch; a batch of 8 takes "
-                       f"{by[8]['onnxruntime']['p50_ms']:.1f} ms (p50) on ONNX Runtime"
-                       + (": both cores are kept busy at batch 1 already, batching buys little here." if gain["onnxruntime"] < 1.2
-                          else "."))
+                       f"{by[8]['onnxruntime']['p50_ms']:.1f} ms (p50) on ONNX Runtime.")
     ops = ", ".join(f"`{o['op']}` {o['share']:.0%}" for o in profile["top_ops"][:4])
     e, o = graph["exported_ops"], graph["optimised_ops"]
     act = sum(e.get(k, 0) for k in ("Relu", "LeakyRelu"))
@@ -330,11 +364,21 @@ def reading(rows: list[dict], profile: dict, graph: dict) -> list[str]:
                f"({o.get('ReorderInput', 0)} ReorderInput / {o.get('ReorderOutput', 0)} ReorderOutput nodes), run by "
                f"its MLAS kernels. This compares the eager module as trained; torch.compile or a frozen TorchScript "
                f"module were not tried.")
+    cost = [r["onnxruntime"]["p50_ms"] / r["onnxruntime_spin"]["p50_ms"] for r in rows]
+    out.append(f"- Thread spinning: the edge's backend turns ONNX Runtime's spinning off "
+               f"(`session.intra_op.allow_spinning = 0`: idle worker threads sleep instead of burning the cores "
+               f"the other pipeline stages need). The price per model call, median latency with spinning off / "
+               f"on (the reference rows, same rounds): "
+               + ", ".join(f"x{c:.2f} at {r['size']} px, batch {r['batch']}" for c, r in zip(cost, rows)) + ".")
     spread = {n: [r[n]["p50_ms"] / r[n]["min_ms"] for r in rows] for n in ("torch", "onnxruntime")}
     out.append(f"- Sensitivity to a busy machine (p50 / fastest call, over the rows): torch "
                f"{min(spread['torch']):.2f}-{max(spread['torch']):.2f}, ONNX Runtime "
-               f"{min(spread['onnxruntime']):.2f}-{max(spread['onnxruntime']):.2f}. When other processes take the "
-               f"cores, torch's threads (which wait for each other at every operator) lose more than ONNX Runtime's.")
+               f"{min(spread['onnxruntime']):.2f}-{max(spread['onnxruntime']):.2f}"
+               + (": torch lost more to the neighbours in this run (its threads wait for each other at every "
+                  "operator)." if max(spread["torch"]) > 1.5 * max(spread["onnxruntime"]) else
+                  ": ONNX Runtime lost more to the neighbours in this run."
+                  if max(spread["onnxruntime"]) > 1.5 * max(spread["torch"]) else
+                  ": both about alike in this run."))
     if all(r["ratio_per_round"]["median"] > 1 for r in rows):
         out.append("- For the line: the ONNX Runtime path the edge uses is the faster one on this CPU in every setting "
                    "measured; nothing is gained by running the torch module there.")
@@ -349,11 +393,11 @@ def reading(rows: list[dict], profile: dict, graph: dict) -> list[str]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sizes", type=int, nargs="+", default=[112, 128],
-                   help="model input sizes (112: make demo; 128: the scorer's default)")
+                   help="model input sizes (112: make train-demo / bundled-model; 128: the scorer's default)")
     p.add_argument("--calls-b1", type=int, default=500, help="timed calls per runtime at batch 1")
     p.add_argument("--calls-b8", type=int, default=100, help="timed calls per runtime at batch 8")
     p.add_argument("--round-b1", type=int, default=20, help="calls per runtime per interleaved round, batch 1")
-    p.add_argument("--round-b8", type=int, default=10, help="calls per runtime per interleaved round, batch 8")
+    p.add_argument("--round-b8", type=int, default=5, help="calls per runtime per interleaved round, batch 8")
     p.add_argument("--warmup", type=int, default=10, help="untimed warm-up calls per runtime and batch size")
     p.add_argument("--retrain", action="store_true", help="rebuild the runs even if runs/bench_runtime has them")
     p.add_argument("--no-docs", action="store_true", help="print only; leave docs/ alone")
@@ -406,18 +450,21 @@ def main() -> None:
 
 Model: the deployed kind, the hybrid (LAMP autoencoder + two-head scorer, ResNet-18 width 16, output
 stride 16), at {' and '.join(f'{s} px' for s in args.sizes)} grayscale, built with the project's tools on the
-embedded sample (`edge-train ae / scorer / hybrid`, `edge-export`, as `make demo`) with **minimal
+embedded sample (`edge-train ae / scorer / hybrid`, `edge-export`, as `make train-demo` and
+`make bundled-model` do at 112 px) with **minimal
 training** ({TRAINING_NOTE}): the weights are meaningless, the graph and its cost are the deployed ones.
 torch: the run's module (`trainer.runs.open_run`), eval mode, `torch.no_grad()`, {machine['torch_threads']}
 threads. ONNX Runtime: the edge's own backend (`edge.backends.open_backend`, {', '.join(s0['providers'])},
-session defaults: intra-op threads {s0['intra_op_num_threads']} = one per physical core = {threads}, graph
-optimisation {s0['graph_optimization_level'].split('.')[-1]}), timed through `backend.infer` as the line calls it.
+intra-op threads {s0['intra_op_num_threads']} = ONNX Runtime's default, one per physical core = {threads}, graph
+optimisation {s0['graph_optimization_level'].split('.')[-1]}, thread spinning `allow_spinning` = {s0['allow_spinning']}),
+timed through `backend.infer` as the line calls it; for reference, the same graph in a session with
+ONNX Runtime's own defaults (threads spin between calls), which the edge does not use.
 Machine: {machine['cpu']}, {machine['logical_cpus']} logical CPUs ({machine['physical_cores']} physical cores),
 torch {machine['torch']}, onnxruntime {machine['onnxruntime']}, Python {machine['python']}; load average
 {load_before[0]:.2f} before, {load_after[0]:.2f} after (the machine was shared: read medians).{busy_note}
 
 Interleaved: after {args.warmup} warm-up calls each, rounds of {args.round_b1} (batch 1) or {args.round_b8}
-(batch 8) calls per runtime, torch and ONNX Runtime alternating (order swapped every round);
+(batch 8) calls per runtime, the three taking turns (which goes first rotates every round);
 {rows[0]['calls_per_runtime']} timed calls per runtime at batch 1, {rows[1]['calls_per_runtime'] if len(rows) > 1 else '-'}
 at batch 8. images/s = batch / median latency over all timed calls. Speed ratio ONNX Runtime / torch
 (> 1: ONNX Runtime faster): from the overall medians, and per round (torch median / ONNX Runtime median

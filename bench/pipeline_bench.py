@@ -393,7 +393,7 @@ def run_pipeline(folder: Path, frames: int, extra: list[str], env: dict | None, 
     metrics, last_scrape, hung = {}, 0.0, False
     with Noise() as noise, open(log_path, "w") as log:
         t_start = time.monotonic()
-        proc = subprocess.Popen([sys.executable, "-c", EDGE_RUN, *args], cwd=ROOT, env=env, stdout=log,
+        proc = subprocess.Popen([sys.executable, "-c", EDGE_RUN, "--insecure", *args], cwd=ROOT, env=env, stdout=log,
                                 stderr=subprocess.STDOUT, process_group=0)
         while proc.poll() is None:
             sup = proc_stat(proc.pid)

@@ -39,6 +39,8 @@ from zmq.utils.monitor import recv_monitor_message
 
 from edge.alerts import ALERT_SCHEMA_VERSION, MAX_ALERT_BYTES, VERDICTS, AlertError, decode_alert, decode_alert_body
 from edge.replay import ReplayError, ReplayLink, default_replay_addr
+from edge.security import (HANDSHAKE_EVENTS, CurveConfig, SecurityError, add_curve_arguments,
+                           explain_handshake_failure, insecure_warning, secure_client)
 
 log = logging.getLogger("edge.alerts")
 
@@ -122,9 +124,9 @@ def parse_connect(text: str) -> tuple[str, str | None]:
 class _Link:
     """One --connect: the node's replay endpoint and what its last answer said."""
 
-    def __init__(self, ctx: zmq.Context, alerts: str, replay: str, timeout_s: float):
+    def __init__(self, ctx: zmq.Context, alerts: str, replay: str, timeout_s: float, prepare=None):
         self.alerts, self.replay = alerts, replay
-        self.rl = ReplayLink(ctx, replay, timeout_s)
+        self.rl = ReplayLink(ctx, replay, timeout_s, **({"prepare": prepare} if prepare else {}))
         self.node: str | None = None
         self.journal_id: str | None = None
         self.next_hello = 0.0
@@ -196,7 +198,10 @@ class AlertSubscriber:
                  heartbeat_ivl_ms: int = HEARTBEAT_IVL_MS, heartbeat_timeout_ms: int = HEARTBEAT_TIMEOUT_MS,
                  log_interval_s: float = 10.0, replay: bool = True, resume: "AlertStore | None" = None,
                  since_start: bool = False, replay_from: int | None = None,
-                 replay_timeout_s: float = REPLAY_TIMEOUT_S, hello_every_s: float = HELLO_EVERY_S):
+                 replay_timeout_s: float = REPLAY_TIMEOUT_S, hello_every_s: float = HELLO_EVERY_S,
+                 curve: tuple[str, str] | None = None):
+        """``curve``: (our secret key file, the nodes' public key file) for CURVE (docs/security.md);
+        None = plaintext, which only a node run with --insecure accepts."""
         pairs = [parse_connect(c) for c in connect]
         self.endpoints = list(dict.fromkeys(a for a, _ in pairs))
         if not self.endpoints:
@@ -215,6 +220,7 @@ class AlertSubscriber:
         self.hello_every_s = hello_every_s
         self._log_malformed = RateLimitedLog(log, log_interval_s)
         self._log_redial = RateLimitedLog(log, log_interval_s)
+        self._log_handshake = RateLimitedLog(log, log_interval_s, level=logging.ERROR)
         self._log_replay = RateLimitedLog(log, log_interval_s)
         self._log_lost = RateLimitedLog(log, log_interval_s)
         self._ctx = context or zmq.Context.instance()
@@ -235,8 +241,9 @@ class AlertSubscriber:
                 self._sock.setsockopt(opt, value)
             for p in self.prefixes:
                 self._sock.setsockopt(zmq.SUBSCRIBE, p)
+            self._curve_client = secure_client(self._sock, *curve) if curve else None
             self._monitor = self._sock.get_monitor_socket(
-                zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED | zmq.EVENT_CONNECT_RETRIED)
+                HANDSHAKE_EVENTS | zmq.EVENT_DISCONNECTED | zmq.EVENT_CONNECT_RETRIED)
             self._monitor.setsockopt(zmq.LINGER, 0)
             for ep in self.endpoints:
                 try:
@@ -247,7 +254,8 @@ class AlertSubscriber:
             if replay:
                 for alerts, replay_ep in pairs:
                     if replay_ep is not None and alerts not in self._links:
-                        self._links[alerts] = _Link(self._ctx, alerts, replay_ep, replay_timeout_s)
+                        self._links[alerts] = _Link(self._ctx, alerts, replay_ep, replay_timeout_s,
+                                                    (lambda s: secure_client(s, *curve)) if curve else None)
         except BaseException:
             for link in self._links.values():
                 link.rl.close()
@@ -677,7 +685,14 @@ class AlertSubscriber:
                 event = recv_monitor_message(self._monitor, zmq.NOBLOCK)
             except zmq.Again:
                 return
-            self._on_monitor_event(event["event"], event["endpoint"].decode(errors="replace"))
+            endpoint = event["endpoint"].decode(errors="replace")
+            failure = explain_handshake_failure(event["event"], event["value"], endpoint, role="client",
+                                                client=self._curve_client)
+            if failure is not None:   # a refused key or an impostor node: say which, and what to do
+                self.counters["handshake_failed"] += 1
+                self.last_error = failure.message
+                self._log_handshake("%s", failure.message)
+            self._on_monitor_event(event["event"], endpoint)
 
     def _on_monitor_event(self, event: int, endpoint: str) -> None:
         if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
@@ -1115,6 +1130,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="never fetch missed alerts (plain PUB/SUB: at most once)")
     p.add_argument("--replay-timeout", type=float, default=REPLAY_TIMEOUT_S, metavar="S",
                    help=f"a replay request unanswered for S seconds counts as failed (default {REPLAY_TIMEOUT_S:g})")
+    add_curve_arguments(p, server=False, client=True)
     return p
 
 
@@ -1132,6 +1148,13 @@ def main(argv: list[str] | None = None) -> int:
     if not logging.getLogger().handlers:
         logging.basicConfig(stream=sys.stderr, format="%(asctime)s edge-alerts %(levelname)s %(message)s")
     log.setLevel(logging.INFO if args.verbose else logging.WARNING)
+    curve_config = CurveConfig.from_args(args)
+    try:
+        curve = (curve_config.secret, curve_config.server_key) if curve_config.check(client=True) else None
+    except SecurityError as e:
+        p.error(str(e))
+    if curve is None:
+        insecure_warning(log, "the alert and replay connections run")
 
     stop = threading.Event()
     restore = {}
@@ -1152,7 +1175,7 @@ def main(argv: list[str] | None = None) -> int:
             sub = AlertSubscriber(args.connect, cameras=args.camera, verdicts=args.verdict,
                                   log_interval_s=args.log_interval, replay=not args.no_replay, resume=store,
                                   since_start=args.since_start, replay_from=args.replay_from,
-                                  replay_timeout_s=args.replay_timeout)
+                                  replay_timeout_s=args.replay_timeout, curve=curve)
         except (ValueError, sqlite3.Error) as e:
             p.error(str(e))
         thumbs = Path(args.thumbnails) if args.thumbnails else None

@@ -40,6 +40,9 @@ class PipelineConfig:
     stall_timeout_s: float = 5.0
     metrics_interval_s: float = 0.5
     parent_pid: int = 0                   # stage processes exit if this process goes away
+    curve_secret: str = ""                # CURVE (docs/security.md): own secret key file; "" = --insecure
+    curve_allow: str = ""                 # allow-list directory (stages that bind network sockets)
+    curve_server_key: str = ""            # the receiving host's public key (stages that connect over tcp)
     is_simulated: bool = False            # alerts say so (demo runs)
     # The alert journal (edge/journal.py) and its replay endpoint (edge/replay.py); "" = the default:
     # edge.journal.default_journal_path(node, alerts_addr), edge.replay.default_replay_addr(alerts_addr)

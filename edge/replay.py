@@ -143,9 +143,12 @@ class ReplayServer:
     ``replay_requests``, ``replay_malformed``, ``replay_alerts_sent``, ``replay_unsent``."""
 
     def __init__(self, ctx: zmq.Context, addr: str, journal: AlertJournal, node: str,
-                 count: Callable[[str, int], None] = lambda name, n=1: None):
+                 count: Callable[[str, int], None] = lambda name, n=1: None,
+                 prepare: Callable[[zmq.Socket], None] = lambda sock: None):
+        """``prepare`` is called on the socket before it binds (CURVE: edge.security.secure_server)."""
         self.journal, self.node, self.count = journal, node, count
         self.sock = ctx.socket(zmq.ROUTER)
+        prepare(self.sock)
         try:
             for opt, value in ((zmq.LINGER, 0), (zmq.MAXMSGSIZE, MAX_REQUEST_BYTES), (zmq.RCVHWM, 64),
                                (zmq.SNDHWM, ROUTER_SNDHWM), (zmq.ROUTER_MANDATORY, 1),
@@ -225,8 +228,10 @@ class ReplayLink:
 
     _ids = itertools.count(1)
 
-    def __init__(self, ctx: zmq.Context, endpoint: str, timeout_s: float = 2.0):
-        self.ctx, self.endpoint, self.timeout_s = ctx, endpoint, timeout_s
+    def __init__(self, ctx: zmq.Context, endpoint: str, timeout_s: float = 2.0,
+                 prepare: Callable[[zmq.Socket], None] = lambda sock: None):
+        """``prepare`` is called on each new socket before it connects (CURVE: secure_client)."""
+        self.ctx, self.endpoint, self.timeout_s, self.prepare = ctx, endpoint, timeout_s, prepare
         self.sock = self._socket()
         self.pending: dict | None = None     # {"id", "op", "sent", ...caller's context}
 
@@ -236,6 +241,7 @@ class ReplayLink:
             for opt, value in ((zmq.LINGER, 0), (zmq.MAXMSGSIZE, MAX_REPLY_BYTES), (zmq.SNDHWM, 2),
                                (zmq.RCVHWM, 4), (zmq.RECONNECT_IVL, 100), (zmq.RECONNECT_IVL_MAX, 5000)):
                 s.setsockopt(opt, value)
+            self.prepare(s)
             s.connect(self.endpoint)
         except zmq.ZMQError as e:
             s.close(linger=0)

@@ -30,6 +30,7 @@ from edge.config import STAGES, PipelineConfig, local_endpoints
 from edge.frame_ring import remove_stale_rings
 from edge.manifest import ManifestError, load_manifest
 from edge.metrics import MetricsServer, format_summary
+from edge.security import CurveConfig, SecurityError, add_curve_arguments, insecure_warning
 from edge.sources import parse_source
 from edge.stages.base import decode_snapshot
 from edge.wire import MessageError, make_socket, unpack
@@ -328,16 +329,18 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run the inspection pipeline: capture -> preprocess -> score -> alert over ZeroMQ.",
         epilog="""examples:
   # the bundled model over the bundled images, as one camera, every frame judged
-  edge-run --engine edge/bundled/model.onnx --source trainer/sample_data/elpv_mini/images --no-drop
+  edge-run --engine edge/bundled/model.onnx --source trainer/sample_data/elpv_mini/images --no-drop --insecure
   # two live cameras (USB index 0 and an RTSP camera), TensorRT engine, defects only, Prometheus on :9100
   edge-run --engine model.plan --source top=0 --source side=rtsp://10.0.0.7/stream \\
-           --publish defects --metrics-port 9100
+           --publish defects --metrics-port 9100 --curve-secret node.key_secret --curve-allow allowed/
   # listen to the verdicts (another shell, or the PLC/MES bridge)
-  edge-alerts --connect tcp://127.0.0.1:5560
+  edge-alerts --connect tcp://127.0.0.1:5560 --curve-secret mes.key_secret --curve-server-key node.key
   # stages on two hosts: capture on the camera box, the rest on the GPU box
-  gpu-box$    edge-run --engine model.plan --stages preprocess,score,alert --frames-addr tcp://0.0.0.0:5550
+  gpu-box$    edge-run --engine model.plan --stages preprocess,score,alert --frames-addr tcp://0.0.0.0:5550 \\
+              --curve-secret gpu.key_secret --curve-allow allowed/
   camera-box$ edge-run --engine model.plan --stages capture --frames-inline --frames-addr tcp://gpu-box:5550 \\
-              --source 0
+              --source 0 --curve-secret cam.key_secret --curve-server-key gpu.key
+  # keys: edge-keys --help; without keys, --insecure (plaintext, logged as a warning)
 
 Live sources drop the oldest frames when the pipeline falls behind (every drop is counted
 per camera); --no-drop makes a file source wait instead. A camera that stops sending is
@@ -395,6 +398,7 @@ reopened with back-off and reported as a NotDecidable alert ("camera blind")."""
                    help="a stage silent for S seconds is killed as hung and restarted (default 15)")
     p.add_argument("--max-restarts", type=int, default=5, metavar="N",
                    help="restarts of one stage within 5 minutes before edge-run gives up (default 5)")
+    add_curve_arguments(p, server=True, client=True)
     return p
 
 
@@ -437,7 +441,31 @@ def config_from_args(a: argparse.Namespace) -> tuple[PipelineConfig, list[str]]:
         is_simulated=a.simulated, journal_path=a.journal, journal_max_alerts=a.journal_max_alerts,
         journal_max_age_s=a.journal_max_days * 86400.0, journal_max_bytes=int(a.journal_max_mb * (1 << 20)),
         replay_addr=a.replay_addr)
+    configure_curve(cfg, a, stages)
     return cfg, [s for s in STAGES if s in stages]
+
+
+# hop -> (the stage that connects and sends, the stage that binds and receives)
+HOPS = {"frames": ("capture", "preprocess"), "batches": ("preprocess", "score"), "scored": ("score", "alert")}
+
+
+def configure_curve(cfg: PipelineConfig, a: argparse.Namespace, stages: list[str]) -> None:
+    """CURVE on every socket of this process that leaves the host: the alert and replay sockets
+    (when the alert stage runs here) and every tcp:// hop between stages. Without keys, only an
+    explicit --insecure lets the command run (and the log says so)."""
+    addrs = {"frames": cfg.frames_addr, "batches": cfg.batches_addr, "scored": cfg.scored_addr}
+    server = "alert" in stages or any(addrs[h].startswith("tcp://") and rx in stages for h, (_, rx) in HOPS.items())
+    client = any(addrs[h].startswith("tcp://") and tx in stages for h, (tx, _) in HOPS.items())
+    curve = CurveConfig.from_args(a)
+    try:
+        enabled = curve.check(server=server, client=client)
+    except SecurityError as e:
+        raise SystemExit(f"edge-run: {e}")
+    if enabled:
+        cfg.curve_secret, cfg.curve_allow, cfg.curve_server_key = \
+            curve.secret or "", curve.allow_dir or "", curve.server_key or ""
+    elif server or client:
+        insecure_warning(log, "the alert, replay and tcp:// stage channels run")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -117,12 +117,13 @@ class AlertStage(Stage):
         self._last_journal_log = -math.inf
         try:
             self.inp = make_socket(self.ctx, zmq.PULL, hwm=RECV_HWM)
-            self.inp.bind(cfg.scored_addr)
+            self.bind(self.inp, cfg.scored_addr)
             self.pub = make_socket(self.ctx, zmq.XPUB, hwm=PUB_HWM, max_bytes=4096)  # inbound: subscriptions only
-            self.pub.bind(cfg.alerts_addr)
+            self.bind(self.pub, cfg.alerts_addr, always=True)
             replay_addr = cfg.replay_addr or default_replay_addr(cfg.alerts_addr)
             self.replay = ReplayServer(self.ctx, replay_addr, self.journal, self.node,
-                                       count=lambda name, n=1: self.metrics.inc(name, n=n))
+                                       count=lambda name, n=1: self.metrics.inc(name, n=n),
+                                       prepare=lambda sock: self.secure_server(sock, replay_addr, always=True))
         except BaseException:
             self.journal.close()
             raise

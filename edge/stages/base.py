@@ -15,6 +15,7 @@ import time
 import zmq
 
 from edge.config import PipelineConfig
+from edge.security import CurveAuthority, secure_client, secure_server
 from edge.metrics import StageMetrics
 from edge.wire import MessageError, make_socket, pack, unpack
 
@@ -33,9 +34,29 @@ class Stage:
         self.stopping = False
         self._last_report = 0.0
         self._metrics_out = None
+        self._authority: CurveAuthority | None = None
         if cfg.metrics_addr:
             self._metrics_out = make_socket(self.ctx, zmq.PUSH, hwm=16, linger_ms=500)
             self._metrics_out.connect(cfg.metrics_addr)
+
+    # -- CURVE on every socket that leaves the host (docs/security.md) ----------------------------------
+    def secure_server(self, sock: zmq.Socket, addr: str, always: bool = False) -> None:
+        """Before bind: a CURVE server admitting the allow-list, for tcp:// (or ``always``)."""
+        if self.cfg.curve_secret and (always or addr.startswith("tcp://")):
+            if self._authority is None:   # one ZAP handler per context, started before the first bind
+                self._authority = CurveAuthority(self.ctx, self.cfg.curve_allow, log,
+                                                 on_refused=lambda r: self.metrics.inc("curve_refused"))
+            secure_server(sock, self.cfg.curve_secret, authority=self._authority)
+
+    def bind(self, sock: zmq.Socket, addr: str, always: bool = False) -> None:
+        self.secure_server(sock, addr, always)
+        sock.bind(addr)
+
+    def connect(self, sock: zmq.Socket, addr: str) -> None:
+        """Connect, as a CURVE client of the receiving host when the hop is tcp://."""
+        if self.cfg.curve_secret and addr.startswith("tcp://"):
+            secure_client(sock, self.cfg.curve_secret, self.cfg.curve_server_key)
+        sock.connect(addr)
 
     def install_signal_handlers(self) -> None:
         """SIGTERM: finish in-flight work and stop. SIGINT is the supervisor's to handle (a
@@ -135,6 +156,8 @@ class Stage:
         delivered first: ZeroMQ drops whatever is unsent when a socket's linger runs out, and a
         busy next stage may take seconds to make room. An orphan has no one to deliver to."""
         self.report(force=True, final=True)
+        if self._authority is not None:   # its thread holds a socket of this context: stop it first
+            self._authority.close()
         self.ctx.destroy(linger=0 if self.orphaned() else FLUSH_LINGER_MS)
 
 

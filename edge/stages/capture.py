@@ -30,7 +30,7 @@ class CaptureStage(Stage):
         super().__init__(cfg)
         self.specs = [parse_source(text, i) for i, text in enumerate(cfg.sources)]
         self.out = make_socket(self.ctx, zmq.PUSH, hwm=SEND_HWM)
-        self.out.connect(cfg.frames_addr)
+        self.connect(self.out, cfg.frames_addr)
         # One socket, one lock: ZeroMQ sockets are not thread-safe, and a single socket keeps
         # each camera's frames and the final end-of-stream in order.
         self.lock = threading.Lock()

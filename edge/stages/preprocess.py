@@ -43,9 +43,9 @@ class PreprocessStage(Stage):
         self.rings: dict[str, FrameRing] = {}
         self.warned_conversion: set[tuple[str, str]] = set()
         self.inp = make_socket(self.ctx, zmq.PULL, hwm=RECV_HWM)
-        self.inp.bind(cfg.frames_addr)
+        self.bind(self.inp, cfg.frames_addr)
         self.out = make_socket(self.ctx, zmq.PUSH, hwm=SEND_HWM)
-        self.out.connect(cfg.batches_addr)
+        self.connect(self.out, cfg.batches_addr)
         self.eos_seen = 0
 
     # -- one frame ----------------------------------------------------------------------------------

@@ -29,9 +29,9 @@ class ScoreStage(Stage):
         self.backend = open_backend(cfg.engine)
         self.max_batch = min(int(cfg.max_batch or self.backend.max_batch), self.backend.max_batch)
         self.inp = make_socket(self.ctx, zmq.PULL, hwm=RECV_HWM)
-        self.inp.bind(cfg.batches_addr)
+        self.bind(self.inp, cfg.batches_addr)
         self.out = make_socket(self.ctx, zmq.PUSH, hwm=SEND_HWM)
-        self.out.connect(cfg.scored_addr)
+        self.connect(self.out, cfg.scored_addr)
         self.eos_seen = 0
 
     def collect(self, messages: list) -> tuple[list, list, list, list]:

@@ -299,7 +299,7 @@ def test_format_alert_and_json_line():
 # -- the command line -----------------------------------------------------------------------------
 def test_main_prints_lines_and_exits_after_count(node, capsys):
     t = publish_when_subscribed(node, [alert(seq=i) for i in range(3)])
-    assert main(["--connect", node.endpoint, "--count", "3", "--timeout", "10", "--summary"]) == 0
+    assert main(["--insecure", "--connect", node.endpoint, "--count", "3", "--timeout", "10", "--summary"]) == 0
     t.join(1)
     out = capsys.readouterr().out.splitlines()
     alerts = [x for x in out if "node=line1" in x]
@@ -315,7 +315,7 @@ def test_main_json_db_thumbnails_and_filters(node, tmp_path, capsys):
              alert(seq=2, camera="cam1", thumb=JPEG), [b"NotOK/cam0 but garbage"],
              alert(seq=3, verdict="NotDecidable")]
     t = publish_when_subscribed(node, items, n_subscriptions=2)
-    rc = main(["--connect", node.endpoint, "--camera", "cam0", "--verdict", "NotOK", "--verdict", "NotDecidable",
+    rc = main(["--insecure", "--connect", node.endpoint, "--camera", "cam0", "--verdict", "NotOK", "--verdict", "NotDecidable",
                "--json", "--db", str(db), "--thumbnails", str(thumbs), "--count", "2", "--timeout", "10",
                "--summary"])
     t.join(1)
@@ -337,18 +337,20 @@ def test_main_json_db_thumbnails_and_filters(node, tmp_path, capsys):
 
 def test_main_timeout_exit_status(node, capsys):
     t0 = time.monotonic()
-    assert main(["--connect", node.endpoint, "--timeout", "0.3"]) == 0
-    assert main(["--connect", node.endpoint, "--timeout", "0.3", "--count", "1"]) == 1
+    assert main(["--insecure", "--connect", node.endpoint, "--timeout", "0.3"]) == 0
+    assert main(["--insecure", "--connect", node.endpoint, "--timeout", "0.3", "--count", "1"]) == 1
     assert time.monotonic() - t0 < 3
 
 
 def test_main_rejects_bad_options(capsys):
-    for argv in (["--connect", "tcp://*:5560"], ["--connect", "tcp://127.0.0.1:1", "--count", "0"],
-                 ["--connect", "tcp://127.0.0.1:1", "--verdict", "NG"], []):
+    for argv in (["--insecure", "--connect", "tcp://*:5560"], ["--connect", "tcp://127.0.0.1:1", "--count", "0"],
+                 ["--connect", "tcp://127.0.0.1:1", "--verdict", "NG"], [],
+                 ["--connect", "tcp://127.0.0.1:1"]):          # neither keys nor --insecure
         with pytest.raises(SystemExit) as e:
             main(argv)
         assert e.value.code == 2
-    assert "connect takes a host name" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "connect takes a host name" in err and "--insecure" in err and "missing --curve-secret" in err
 
 
 def test_help_teaches_with_examples(capsys):
@@ -360,7 +362,7 @@ def test_help_teaches_with_examples(capsys):
 
 
 def test_sigterm_exits_cleanly_with_the_summary(node):
-    p = subprocess.Popen([sys.executable, "-m", "edge.alerts_cli", "--connect", node.endpoint, "--summary"],
+    p = subprocess.Popen([sys.executable, "-m", "edge.alerts_cli", "--insecure", "--connect", node.endpoint, "--summary"],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         node.wait_subscribed(timeout=10)
@@ -757,9 +759,9 @@ def test_main_db_resumes_after_a_restart(jnode, tmp_path, capsys):
     db = tmp_path / "a.sqlite"
     t = threading.Thread(target=lambda: (jnode.wait_subscribed(), jnode.publish(3)), daemon=True)
     t.start()
-    assert main(["--connect", jnode.connect, "--db", str(db), "-q", "--count", "3", "--timeout", "10"]) == 0
+    assert main(["--insecure", "--connect", jnode.connect, "--db", str(db), "-q", "--count", "3", "--timeout", "10"]) == 0
     jnode.publish(4)                                      # while edge-alerts is not running
-    assert main(["--connect", jnode.connect, "--db", str(db), "-q", "--count", "4", "--timeout", "10",
+    assert main(["--insecure", "--connect", jnode.connect, "--db", str(db), "-q", "--count", "4", "--timeout", "10",
                  "--summary"]) == 0
     out = capsys.readouterr().out
     assert "edge-alerts summary: 4 alerts" in out and "4 replayed" in out

@@ -60,7 +60,7 @@ class Run:
     def __init__(self, tmp_path: Path, *args: str, subscribe: bool = True):
         self.alerts_addr = f"tcp://127.0.0.1:{free_port()}"
         self.summary_path = tmp_path / f"summary-{time.monotonic_ns()}.json"
-        cmd = [sys.executable, "-m", "edge.run", "--engine", str(ENGINE), "--alerts-addr", self.alerts_addr,
+        cmd = [sys.executable, "-m", "edge.run", "--insecure", "--engine", str(ENGINE), "--alerts-addr", self.alerts_addr,
                "--summary-json", str(self.summary_path), "--print-every", "1",
                "--journal", str(tmp_path / f"journal-{time.monotonic_ns()}.sqlite"), *args]
         if subscribe:
@@ -228,9 +228,9 @@ def test_sigterm_finishes_frames_in_flight_and_leaves_nothing_behind(tmp_path, r
 
 
 def test_bad_engine_or_source_is_a_clear_error(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "edge.run", "--engine", str(tmp_path / "none.onnx"),
+    out = subprocess.run([sys.executable, "-m", "edge.run", "--insecure", "--engine", str(tmp_path / "none.onnx"),
                           "--source", str(IMAGES)], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert out.returncode != 0 and "does not exist" in out.stderr
-    out = subprocess.run([sys.executable, "-m", "edge.run", "--engine", str(ENGINE), "--source",
+    out = subprocess.run([sys.executable, "-m", "edge.run", "--insecure", "--engine", str(ENGINE), "--source",
                           str(tmp_path / "nothing_here.avi")], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert out.returncode != 0 and "nothing_here.avi" in out.stderr

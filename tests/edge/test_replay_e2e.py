@@ -41,7 +41,7 @@ class EdgeRun:
         self.journal = journal or tmp_path / "node-state" / "alerts.sqlite"
         self.summary_path = tmp_path / f"summary-{time.monotonic_ns()}.json"
         self.log = tmp_path / f"edge-run-{time.monotonic_ns()}.log"
-        cmd = [sys.executable, "-m", "edge.run", "--engine", str(ENGINE), "--alerts-addr", self.alerts,
+        cmd = [sys.executable, "-m", "edge.run", "--insecure", "--engine", str(ENGINE), "--alerts-addr", self.alerts,
                "--replay-addr", self.replay, "--journal", str(self.journal), "--summary-json", str(self.summary_path),
                "--quiet", "--node-id", "line1", *args]
         with open(self.log, "w") as log:
@@ -76,7 +76,7 @@ def count_rows(db: Path) -> int:
 
 
 def edge_alerts(*args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "edge.alerts_cli", *args], cwd=ROOT, stdout=subprocess.PIPE,
+    return subprocess.Popen([sys.executable, "-m", "edge.alerts_cli", "--insecure", *args], cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
 
 
