@@ -62,7 +62,9 @@ class Run:
         self.summary_path = tmp_path / f"summary-{time.monotonic_ns()}.json"
         cmd = [sys.executable, "-m", "edge.run", "--insecure", "--engine", str(ENGINE), "--alerts-addr", self.alerts_addr,
                "--summary-json", str(self.summary_path), "--print-every", "1",
-               "--journal", str(tmp_path / f"journal-{time.monotonic_ns()}.sqlite"), *args]
+               "--journal", str(tmp_path / f"journal-{time.monotonic_ns()}.sqlite"),
+               # its own free port: the default (alerts port + 1) may be another test's free port
+               "--replay-addr", f"tcp://127.0.0.1:{free_port()}", *args]
         if subscribe:
             cmd += ["--wait-subscribers", "1"]
         self.log = tmp_path / f"edge-run-{time.monotonic_ns()}.log"
