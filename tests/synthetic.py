@@ -137,3 +137,14 @@ def make_elpv_tree(root, n_good: int = 8, n_defect: int = 4, n_uncertain: int = 
         rows.append(f"{name}  {g:<20s}{'mono' if n % 2 else 'poly'}")
     (root / "labels.csv").write_text("\n".join(rows) + "\n")
     return root
+
+
+def export_tiny_autoencoder(root: Path, run: Path, onnx: Path) -> None:
+    """Train a 32 px LAMP autoencoder for one epoch on a generated tree and export it to ONNX
+    (with its manifest): the smallest real model the deploy and edge tests can load."""
+    from deploy.export import main as export
+    from trainer.cli import main as train
+    data = make_mvtec_tree(root / "parts", n_train_good=12, n_test_good=4, n_defect=4, size=32, seed=1)
+    assert train(["ae", "--data", str(data), "--size", "32", "--depth", "2", "--base-channels", "4",
+                  "--latent-channels", "4", "--epochs", "1", "--quiet", "--out", str(run)]) == 0
+    assert export(["--run", str(run), "--out", str(onnx)]) == 0

@@ -15,12 +15,10 @@ import pytest
 
 from deploy.build import (BuildError, BuildOptions, build_info, check_onnx_model, check_options, convert_to_fp16,
                           int8_calibration_set, main, profile_shapes, quantize_int8, score_only_nodes)
-from deploy.export import main as export
 from deploy.manifest import write_derived_manifest
 from edge.backends import BackendError, open_backend
 from edge.manifest import ManifestError, check_tensorrt_build, load_manifest, sha256_file
-from tests.synthetic import make_mvtec_tree
-from trainer.cli import main as train
+from tests.synthetic import export_tiny_autoencoder, make_mvtec_tree
 
 DEVICE = {"name": "NVIDIA Jetson AGX Orin", "compute_capability": "8.7"}
 
@@ -28,10 +26,7 @@ DEVICE = {"name": "NVIDIA Jetson AGX Orin", "compute_capability": "8.7"}
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     root = tmp_path_factory.mktemp("build")
-    data = make_mvtec_tree(root / "parts", n_train_good=12, n_test_good=4, n_defect=4, size=32, seed=1)
-    assert train(["ae", "--data", str(data), "--size", "32", "--depth", "2", "--base-channels", "4",
-                  "--latent-channels", "4", "--epochs", "1", "--quiet", "--out", str(root / "run")]) == 0
-    assert export(["--run", str(root / "run"), "--out", str(root / "model.onnx")]) == 0
+    export_tiny_autoencoder(root, root / "run", root / "model.onnx")
     return root
 
 

@@ -32,7 +32,7 @@ from deploy.export import main as export  # noqa: E402
 from edge.backends import BackendError, open_backend  # noqa: E402
 from edge.backends.tensorrt_backend import TensorRTBackend, cuda_device  # noqa: E402
 from edge.manifest import ManifestError, sha256_file  # noqa: E402
-from tests.synthetic import make_mvtec_tree  # noqa: E402
+from tests.synthetic import export_tiny_autoencoder, make_mvtec_tree  # noqa: E402
 from trainer.cli import main as train  # noqa: E402
 
 pytestmark = pytest.mark.gpu
@@ -55,10 +55,7 @@ def bound(precision: str, ref: np.ndarray) -> np.ndarray:
 def models(tmp_path_factory):
     """A tiny LAMP autoencoder (32 px) and a hybrid (112 px, the demo's kind), each exported to ONNX."""
     root = tmp_path_factory.mktemp("trt")
-    small = make_mvtec_tree(root / "small", n_train_good=12, n_test_good=4, n_defect=4, size=32, seed=1)
-    assert train(["ae", "--data", str(small), "--size", "32", "--depth", "2", "--base-channels", "4",
-                  "--latent-channels", "4", "--epochs", "1", "--quiet", "--out", str(root / "ae32")]) == 0
-    assert export(["--run", str(root / "ae32"), "--out", str(root / "ae" / "model.onnx")]) == 0
+    export_tiny_autoencoder(root / "small", root / "ae32", root / "ae" / "model.onnx")
     big = make_mvtec_tree(root / "big", n_train_good=16, n_test_good=4, n_defect=6, size=112, seed=8)
     common = ["--data", str(big), "--seed", "0", "--quiet", "--size", "112"]
     assert train(["ae", *common, "--depth", "2", "--base-channels", "4", "--latent-channels", "4", "--epochs", "1",

@@ -6,21 +6,16 @@ import numpy as np
 import pytest
 import torch
 
-from deploy.export import main as export
 from edge.backends import BackendError, open_backend
 from edge.manifest import ManifestError, load_manifest
-from tests.synthetic import make_mvtec_tree
+from tests.synthetic import export_tiny_autoencoder
 from trainer.checkpoint import load_checkpoint
-from trainer.cli import main as train
 
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     root = tmp_path_factory.mktemp("backend")
-    data = make_mvtec_tree(root / "parts", n_train_good=12, n_test_good=4, n_defect=4, size=32, seed=1)
-    assert train(["ae", "--data", str(data), "--size", "32", "--depth", "2", "--base-channels", "4",
-                  "--latent-channels", "4", "--epochs", "1", "--quiet", "--out", str(root / "run")]) == 0
-    assert export(["--run", str(root / "run"), "--out", str(root / "model.onnx")]) == 0
+    export_tiny_autoencoder(root, root / "run", root / "model.onnx")
     return root
 
 
