@@ -17,7 +17,10 @@ measured differences go to ``model.onnx.json`` beside the graph.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +34,31 @@ MAX_BATCH = 64
 
 class ParityError(RuntimeError):
     pass
+
+
+@contextlib.contextmanager
+def _quiet_onnx_exporter():
+    """Silence two harmless messages of torch's ONNX exporter (and nothing else) during the export.
+
+    * torch/onnx/_internal/exporter/_registration.py logs the warning "torchvision is not installed.
+      Skipping torchvision::nms" (and roi_align, roi_pool, deform_conv2d) while it builds its op
+      registry: torchvision's ops are optional and never used by these models.
+    * torch.utils._pytree's deprecated ``LeafSpec`` warns "`isinstance(treespec, LeafSpec)` is
+      deprecated" (FutureWarning) when the exporter copies a tree spec: torch internals, not ours.
+    """
+    logger = logging.getLogger("torch.onnx._internal.exporter._registration")
+
+    def drop(record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("torchvision is not installed. Skipping torchvision::")
+
+    logger.addFilter(drop)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+                                    category=FutureWarning)
+            yield
+    finally:
+        logger.removeFilter(drop)
 
 
 def export_onnx(run_dir: Path, out: Path, parity_images: int = 8) -> dict:
@@ -51,9 +79,11 @@ def export_onnx(run_dir: Path, out: Path, parity_images: int = 8) -> dict:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
-    torch.onnx.export(model, (images[:2],), tmp, input_names=[INPUT_NAME], output_names=names, opset_version=OPSET,
-                      dynamo=True, dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=MAX_BATCH)},),
-                      verbose=False, external_data=False)  # weights inside: one file, one sha256
+    with _quiet_onnx_exporter():
+        torch.onnx.export(model, (images[:2],), tmp, input_names=[INPUT_NAME], output_names=names,
+                          opset_version=OPSET, dynamo=True,
+                          dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=MAX_BATCH)},),
+                          verbose=False, external_data=False)  # weights inside: one file, one sha256
     import onnx
     onnx.checker.check_model(str(tmp))
     diffs = parity(tmp, images.numpy(), [t.numpy() for t in reference], names)

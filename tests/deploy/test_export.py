@@ -1,5 +1,6 @@
 """ONNX export of every run kind, checked with the real ONNX Runtime."""
 import json
+import logging
 
 import numpy as np
 import onnx
@@ -88,3 +89,38 @@ def test_triton_repository_layout_and_config(runs, tmp_path):
     assert list(by_name["score"].dims) == [1] and list(by_name["score"].reshape.shape) == []
     assert list(by_name["anomaly_map"].dims) == [1, 112, 112]
     assert config.HasField("dynamic_batching")
+
+
+def test_export_prints_no_torch_exporter_noise(tmp_path, capfd):
+    """torch's ONNX exporter logs "torchvision is not installed. Skipping torchvision::nms" (4 ops) and
+    warns "`isinstance(treespec, LeafSpec)` is deprecated" (FutureWarning); users read them as errors,
+    so edge-export silences exactly those two (deploy.export._quiet_onnx_exporter), nothing else."""
+    import warnings
+
+    from tests.synthetic import export_tiny_autoencoder
+
+    # torch's loggers do not propagate to the root logger (caplog sees nothing) and torch's stderr handler
+    # was bound before capfd started, so the exporter's log records are collected here as well
+    class Collect(logging.Handler):
+        def __init__(self):
+            super().__init__()
+            self.records = []
+
+        def emit(self, record):
+            self.records.append(record.getMessage())
+
+    collect, onnx_logger = Collect(), logging.getLogger("torch.onnx")
+    onnx_logger.addHandler(collect)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")  # pytest would otherwise record warnings instead of printing them
+            export_tiny_autoencoder(tmp_path, tmp_path / "run", tmp_path / "m.onnx")
+    finally:
+        onnx_logger.removeHandler(collect)
+    out, err = capfd.readouterr()
+    assert "parity vs torch" in out
+    for text in (out, err, "\n".join(collect.records), "\n".join(str(w.message) for w in caught)):
+        assert "torchvision is not installed" not in text
+        assert "LeafSpec" not in text
+    # the log filter is scoped to the export: the exporter's logger is left as it was found
+    assert not logging.getLogger("torch.onnx._internal.exporter._registration").filters
