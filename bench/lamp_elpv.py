@@ -30,7 +30,7 @@ from report import mean_std, median, write_section  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 CANDIDATES = {"identity": ["--amplifier", "identity"], "exp a=3": ["--amplifier", "exp", "--alpha", "3"],
               "exp a=10": ["--amplifier", "exp", "--alpha", "10"],
-              "exp a=30": ["--amplifier", "exp", "--alpha", "30"], "neglog": ["--amplifier", "neglog"]}
+              "exp a=30": ["--amplifier", "exp", "--alpha", "30"], "lmse": ["--amplifier", "lmse"]}
 SELECTION_SEED = 100
 
 

@@ -229,8 +229,8 @@ def measure(size: int, run_dir: Path, threads: int, calls: dict[int, int], round
         row = {"size": size, "batch": batch, "calls_per_runtime": n_rounds * round_len[batch],
                "rounds": n_rounds, "calls_per_round": round_len[batch], "max_abs_score_diff": score_diff,
                "torch_load_s": torch_load_s, "onnxruntime_load_s": ort_load_s, "onnxruntime_session": ort_settings,
-               "autoencoder": run["meta"]["members"]["novelty"]["model_config"],
-               "scorer": run["meta"]["members"]["familiarity"]["model_config"]}
+               "autoencoder": run["meta"]["members"]["lamp"]["model_config"],
+               "scorer": run["meta"]["members"]["two_head"]["model_config"]}
         for name, values in lat.items():
             p50 = float(np.median(values))
             row[name] = {"p50_ms": 1e3 * p50, "p99_ms": 1e3 * pct(values, 99), "mean_ms": 1e3 * float(np.mean(values)),

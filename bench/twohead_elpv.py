@@ -79,7 +79,7 @@ def main() -> None:
         k, seed = row["k"], row["seed"]
         row["hybrid"] = h = edge_train(args, args.runs / f"hybrid-k{k}-s{seed}", "hybrid", "--ae", str(ae_runs[seed]),
                                        "--scorer", str(args.runs / f"saliencycut-k{k}-s{seed}"))
-        print(f"k={k} seed {seed}: LAMP {h['components']['novelty']['auroc']:.4f} "
+        print(f"k={k} seed {seed}: LAMP {h['members']['lamp']['auroc']:.4f} "
               f"cutpaste {row['cutpaste']['test']['image']['auroc']:.4f} "
               f"saliencycut {row['saliencycut']['test']['image']['auroc']:.4f} "
               f"hybrid {h['test']['image']['auroc']:.4f}", flush=True)
@@ -96,8 +96,8 @@ def render(env, results, ks) -> str:
              "|---|---|---|---|---|---|---|"]
     for k in ks:
         rows = [r for r in results if r["k"] == k]
-        novelty = [r["hybrid"]["components"]["novelty"] for r in rows]
-        fam = [r["hybrid"]["components"]["familiarity"] for r in rows]
+        novelty = [r["hybrid"]["members"]["lamp"] for r in rows]
+        fam = [r["hybrid"]["members"]["two_head"] for r in rows]
         entries = [
             ("LAMP autoencoder alone", [m["auroc"] for m in novelty], [m["auprc"] for m in novelty],
              [m["fnr_at_far_0.05"]["fnr"] for m in novelty], None),

@@ -7,7 +7,7 @@ The graph (any run kind: LAMP, two-head or hybrid):
   with); any further normalisation (the scorer's ImageNet statistics) is inside.
 * outputs: the fields of the model's output NamedTuple, in order: ``score``
   (batch,) and ``anomaly_map`` (batch, 1, H, W) always first; a hybrid adds
-  ``familiarity`` and ``novelty``.
+  ``member_scores`` (batch, members; names in the report's ``member_names``).
 
 Parity: ONNX Runtime (CPU) and torch score the same held-out images (the run's
 validation good images, up to 8); every output must agree within
@@ -93,6 +93,7 @@ def export_onnx(run_dir: Path, out: Path, parity_images: int = 8) -> dict:
                         "range": [0, 1], "layout": "NCHW", "preprocess": meta["preprocess"],
                         "max_batch": MAX_BATCH},
               "outputs": names, "model_kind": meta["kind"], "checkpoint_sha256": run["checkpoint_sha256"],
+              **({"member_names": list(model.names)} if hasattr(model, "names") else {}),
               "parity": {"images": len(images), "atol": PARITY_ATOL, "rtol": PARITY_RTOL, "max_abs_diff": diffs,
                          "runtime": "onnxruntime CPUExecutionProvider"}}
     write_json(out.with_name(out.name + ".json"), report)

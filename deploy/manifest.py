@@ -17,8 +17,7 @@ from trainer.artifacts import read_json, write_json
 OUTPUT_MEANING = {
     "score": "image anomaly score (raw, the run's units); compare with calibration threshold",
     "anomaly_map": "pixel heatmap (batch, 1, H, W) at model resolution; regions above the pixel threshold",
-    "familiarity": "hybrid: two-head score in robust standard deviations of good parts",
-    "novelty": "hybrid: LAMP reconstruction score in robust standard deviations of good parts",
+    "member_scores": "hybrid: (batch, members) each member's score in robust standard deviations of good parts",
 }
 # What describes the model (not the engine file): carried unchanged from the ONNX manifest to an engine's.
 MODEL_KEYS = ("model_version", "model_kind", "checkpoint_sha256", "input", "outputs", "output_meaning", "parity",
@@ -57,7 +56,9 @@ def write_manifest(engine: Path, export_report: dict, run_dir: Path, calibration
         "checkpoint_sha256": export_report["checkpoint_sha256"],
         "input": export_report["input"],
         "outputs": export_report["outputs"],
-        "output_meaning": {n: OUTPUT_MEANING.get(n, "") for n in export_report["outputs"]},
+        "output_meaning": {n: OUTPUT_MEANING.get(n, "") + (
+            f"; members in order: {', '.join(export_report['member_names'])}"
+            if n == "member_scores" and export_report.get("member_names") else "") for n in export_report["outputs"]},
         "parity": export_report["parity"],
         "calibration": read_calibration(calibration, export_report["checkpoint_sha256"]),
     }

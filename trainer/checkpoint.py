@@ -18,6 +18,10 @@ from trainer.lamp import AnomalyMapConfig, LampAutoencoder, LampDetector
 CHECKPOINT_FORMAT_VERSION = 1
 LAMP_KIND = "lamp_autoencoder"
 SCORER_KIND = "two_head_scorer"
+FAMILIARITY_KIND = "patch_knn_familiarity"
+HYBRID_KIND = "hybrid"
+# the members of a hybrid written before members were named by what they are (format 1)
+LEGACY_HYBRID_MEMBERS = {"novelty": "lamp", "familiarity": "two_head"}
 
 
 class CheckpointError(ValueError):
@@ -33,17 +37,34 @@ def _build_lamp(payload: dict) -> nn.Module:
 def _build_scorer(payload: dict) -> nn.Module:
     from trainer.twohead.torch_model import TwoHeadScorer
     cfg = {k: v for k, v in payload["model_config"].items() if k != "image_size"}
-    model = TwoHeadScorer(**{**cfg, "scales": tuple(cfg["scales"])})
+    cfg.setdefault("backbone", "resnet18")  # checkpoints from before the lite0 backbone
+    model = TwoHeadScorer(**{**cfg, "scales": tuple(cfg["scales"])})  # the state dict holds every weight
+    model.load_state_dict(payload["state_dict"])
+    return model
+
+
+def _build_familiarity(payload: dict) -> nn.Module:
+    from trainer.familiarity import PatchKnnFamiliarity
+    cfg = {k: v for k, v in payload["model_config"].items() if k != "image_size"}
+    model = PatchKnnFamiliarity(**{**cfg, "stages": tuple(cfg["stages"])})
     model.load_state_dict(payload["state_dict"])
     return model
 
 
 def _build_hybrid(payload: dict) -> nn.Module:
-    from trainer.hybrid import build_from_checkpoint
-    return build_from_checkpoint(payload)
+    from trainer.hybrid.torch_model import HybridDetector
+    if payload.get("hybrid_format", 1) == 1:  # two fixed members, flat fusion statistics
+        old = payload["fusion"]
+        members = {new: build_model(payload["members"][role]) for role, new in LEGACY_HYBRID_MEMBERS.items()}
+        fusion = {"rule_name": "sum", "members": {
+            new: {"score": old[role], "map": old[f"{role}_map"]} for role, new in LEGACY_HYBRID_MEMBERS.items()}}
+        return HybridDetector(members, fusion)
+    fusion = payload["fusion"]
+    return HybridDetector({name: build_model(payload["members"][name]) for name in fusion["order"]}, fusion)
 
 
-BUILDERS = {LAMP_KIND: _build_lamp, SCORER_KIND: _build_scorer, "hybrid": _build_hybrid}
+BUILDERS = {LAMP_KIND: _build_lamp, SCORER_KIND: _build_scorer, FAMILIARITY_KIND: _build_familiarity,
+            HYBRID_KIND: _build_hybrid}
 
 
 def preprocess_spec(image_size: int, channels: int) -> dict:
@@ -65,6 +86,12 @@ def save_checkpoint(path: Path, kind: str, model: nn.Module, model_config, data_
         **metadata,
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
     }
+    write_payload(path, payload)
+
+
+def write_payload(path: Path, payload: dict) -> None:
+    """The one checkpoint writer: stamps the format version, writes atomically (temp + rename)."""
+    payload = {**payload, "format_version": CHECKPOINT_FORMAT_VERSION}
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     torch.save(payload, tmp)

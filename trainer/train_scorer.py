@@ -9,8 +9,12 @@ Each step (SaliencyCut code, arXiv 2306.08366; DRA protocol, CVPR 2022):
    donor's salient region (a random good image of the batch) with the
    candidate's pixels; ``cutpaste`` (DRA-style baseline): paste a random
    rectangle of the candidate elsewhere in itself;
-4. train both heads with the deviation loss; Adam 2e-4, weight decay 1e-5,
-   StepLR(10, 0.1), gradient-norm clip 1.0.
+4. train both heads and the whole backbone with the deviation loss; Adam 2e-4,
+   weight decay 1e-5, StepLR(10, 0.1), gradient-norm clip 1.0.
+
+The EfficientNet-Lite0 backbone (default) starts from its ImageNet weights
+(``imagenet_weights``, loaded here, never by the constructor: a checkpoint
+carries the fine-tuned weights); ResNet-18 from scratch or from ``pretrained``.
 
 The run directory has the same files as the autoencoder's (docs/run-directory.md).
 """
@@ -31,7 +35,7 @@ from trainer.geometry import random_dihedral
 from trainer.run_setup import EpochLog, finish_run, start_run, synthetic_validation_set
 from trainer.tensors import load_images
 from trainer.twohead.augment import cut_paste, pick_donors, saliency_cut, smooth_saliency
-from trainer.twohead.backbone import load_pretrained
+from trainer.twohead.backbone import load_lite0_imagenet, load_pretrained
 from trainer.twohead.loss import two_head_loss
 from trainer.twohead.torch_model import TwoHeadScorer
 
@@ -87,6 +91,8 @@ def train_scorer(config: ScorerTrainConfig, dataset: Dataset, split: Split, out_
     val_images, val_labels = synthetic_validation_set(load_images(val, size, channels), config.seed) if val else (None, None)
 
     model = TwoHeadScorer(**config.model.constructor_kwargs())
+    if config.imagenet_weights:  # lite0: the ImageNet weights; the whole network is then fine-tuned
+        load_lite0_imagenet(model.backbone)
     if config.pretrained:
         load_pretrained(model.backbone, Path(config.pretrained))
     optimiser = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)

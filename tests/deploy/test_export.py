@@ -21,8 +21,8 @@ def runs(tmp_path_factory):
     common = ["--data", str(data), "--seed", "0", "--quiet", "--threads", "2", "--size", "112"]
     assert train(["ae", *common, "--depth", "2", "--base-channels", "4", "--latent-channels", "4", "--epochs", "2",
                   "--out", str(root / "ae")]) == 0
-    assert train(["scorer", *common, "--k", "2", "--width", "8", "--epochs", "1", "--steps-per-epoch", "2",
-                  "--n-normal", "8", "--n-anomaly", "4", "--out", str(root / "sc")]) == 0
+    assert train(["scorer", *common, "--k", "2", "--backbone", "resnet18", "--width", "8", "--epochs", "1",
+                  "--steps-per-epoch", "2", "--n-normal", "8", "--n-anomaly", "4", "--out", str(root / "sc")]) == 0
     assert train(["hybrid", "--ae", str(root / "ae"), "--scorer", str(root / "sc"), "--out", str(root / "hy")]) == 0
     return root
 
@@ -32,7 +32,8 @@ def test_hybrid_export_dynamic_batch_and_parity(runs, tmp_path, capsys):
     assert main(["--run", str(runs / "hy"), "--out", str(out)]) == 0
     assert "parity vs torch" in capsys.readouterr().out
     report = json.loads((tmp_path / "model.onnx.json").read_text())
-    assert report["outputs"] == ["score", "anomaly_map", "familiarity", "novelty"]
+    assert report["outputs"] == ["score", "anomaly_map", "member_scores"]
+    assert report["member_names"] == ["lamp", "two_head"]
     graph = onnx.load(str(out)).graph
     assert [o.name for o in graph.output] == report["outputs"] and graph.input[0].name == "images"
     # every weight is inside the one file the manifest's sha256 covers (no external .data file)

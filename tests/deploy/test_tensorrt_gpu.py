@@ -60,8 +60,8 @@ def models(tmp_path_factory):
     common = ["--data", str(big), "--seed", "0", "--quiet", "--size", "112"]
     assert train(["ae", *common, "--depth", "2", "--base-channels", "4", "--latent-channels", "4", "--epochs", "1",
                   "--out", str(root / "ae112")]) == 0
-    assert train(["scorer", *common, "--k", "2", "--width", "8", "--epochs", "1", "--steps-per-epoch", "2",
-                  "--n-normal", "8", "--n-anomaly", "4", "--out", str(root / "sc112")]) == 0
+    assert train(["scorer", *common, "--k", "2", "--backbone", "resnet18", "--width", "8", "--epochs", "1",
+                  "--steps-per-epoch", "2", "--n-normal", "8", "--n-anomaly", "4", "--out", str(root / "sc112")]) == 0
     assert train(["hybrid", "--ae", str(root / "ae112"), "--scorer", str(root / "sc112"),
                   "--out", str(root / "hy112")]) == 0
     assert export(["--run", str(root / "hy112"), "--out", str(root / "hybrid" / "model.onnx")]) == 0

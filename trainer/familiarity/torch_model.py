@@ -1,0 +1,66 @@
+"""The familiarity member: nearest normal patch features (arXiv 2310.00797's familiarity
+score; PatchCore's memory bank, Roth et al. CVPR 2022).
+
+For each patch feature f of a test image, its familiarity distance is the Euclidean
+distance to the nearest feature m of the memory bank M (patch features of good
+training images, subsampled by ``coreset.k_center_greedy``):
+
+    d(f) = min_{m in M} || f - m ||_2,   computed as  |f|^2 - 2 f.m + |m|^2
+
+by one MatMul and a ReduceMin, so that the graph exports to ONNX and TensorRT (no
+``cdist``); the bank is a buffer and becomes an initializer of the graph.
+
+* pixel map: the patch distances (stride 8) resized bilinearly to the input, then a
+  Gaussian blur of sigma 4 px (PatchCore, Sec. 3.3);
+* image score: the largest patch distance (PatchCore's s* without its re-weighting):
+  a part is as bad as its worst patch.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from trainer.familiarity.patch_features import DEFAULT_STAGES, PatchFeatureExtractor
+from trainer.lamp.anomaly_map import AnomalyMapConfig, AnomalyMapGenerator
+
+
+class FamiliarityOutput(NamedTuple):
+    score: torch.Tensor        # (B,) largest patch distance to the nearest good patch
+    anomaly_map: torch.Tensor  # (B, 1, H, W) blurred patch distances at input resolution
+
+
+class PatchKnnFamiliarity(nn.Module):
+    """Input: (B, in_channels, H, W) in [0, 1]."""
+
+    def __init__(self, in_channels: int = 1, bank_size: int = 1, stages: tuple[int, ...] = DEFAULT_STAGES,
+                 pool_size: int = 3, blur_sigma: float = 4.0) -> None:
+        super().__init__()
+        if in_channels not in (1, 3):
+            raise ValueError(f"in_channels must be 1 or 3, got {in_channels}")
+        self.in_channels = in_channels
+        self.features = PatchFeatureExtractor(tuple(stages), pool_size)
+        self.register_buffer("memory_bank", torch.zeros(bank_size, self.features.dim))
+        self.blur = AnomalyMapGenerator(AnomalyMapConfig(blur_sigma=blur_sigma, pooling="max"))
+
+    def set_memory_bank(self, bank: torch.Tensor) -> None:
+        if bank.ndim != 2 or bank.shape[1] != self.features.dim:
+            raise ValueError(f"memory bank must be (N, {self.features.dim}), got {tuple(bank.shape)}")
+        self.memory_bank = bank.detach().float().contiguous()
+
+    def patch_distances(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 1, h, w) distance of each patch to its nearest bank feature."""
+        f = self.features(images)
+        b, d, h, w = f.shape
+        flat = f.permute(0, 2, 3, 1).reshape(b, h * w, d)
+        bank = self.memory_bank
+        d2 = (flat * flat).sum(-1, keepdim=True) - 2 * flat @ bank.T + (bank * bank).sum(-1)
+        return d2.amin(dim=-1).clamp_min(0).sqrt().reshape(b, 1, h, w)
+
+    def forward(self, images: torch.Tensor) -> FamiliarityOutput:
+        dist = self.patch_distances(images)
+        score = dist.flatten(1).amax(dim=1)
+        heatmap = self.blur.blur(F.interpolate(dist, size=images.shape[-2:], mode="bilinear", align_corners=False))
+        return FamiliarityOutput(score=score, anomaly_map=heatmap)
