@@ -37,6 +37,7 @@ JSON_OUT = ROOT / "docs" / "bench" / "detection.json"
 EDGE_TRAIN = [str(ROOT / ".venv" / "bin" / "edge-train")]
 SIZE = 224
 TWOHEAD_SIZE = 160
+THREADS = 2  # --threads: torch threads of each training run
 PAPERS = {  # image AUROC, DRA protocol (../shared/PAPERS.md)
     ("elpv", 10): "DRA 0.845, AHL 0.850, PatchCore-WRN50 0.916", ("elpv", 1): "DRA 0.675, AHL 0.828",
     ("sdd", 10): "DRA 0.991, AHL 0.991, PatchCore-WRN50 0.873", ("sdd", 1): "DRA 0.859, AHL 0.909"}
@@ -49,7 +50,7 @@ def train(args: list[str], out: Path) -> dict:
     if not metrics.exists():
         out.parent.mkdir(parents=True, exist_ok=True)
         t = time.perf_counter()
-        subprocess.run([*EDGE_TRAIN, *args, "--out", str(out), "--overwrite", "--quiet", "--threads", "2"], check=True)
+        subprocess.run([*EDGE_TRAIN, *args, "--out", str(out), "--overwrite", "--quiet", "--threads", str(THREADS)], check=True)
         print(f"  trained {out.relative_to(ROOT)} in {time.perf_counter() - t:.0f} s", flush=True)
     return json.loads(metrics.read_text())
 
@@ -177,8 +178,12 @@ def main(argv=None) -> int:
     p.add_argument("--lamp-seeds", nargs="*", type=int, default=[0])
     p.add_argument("--twohead-seeds", nargs="*", type=int, default=[0])
     p.add_argument("--twohead-k", nargs="*", type=int, default=[10])
+    p.add_argument("--twohead-data", nargs="*", default=list(DATA), help="data sets the two-head rows run on")
     p.add_argument("--ks", nargs="+", type=int, default=[10, 1])
+    p.add_argument("--threads", type=int, default=2, help="torch threads per training run (1 beside other work)")
     args = p.parse_args(argv)
+    global THREADS
+    THREADS = args.threads
     if "sdd" in args.data and not (DATA["sdd"] / ".prepared.json").exists():
         subprocess.run([sys.executable, str(ROOT / "bench" / "prepare_sdd.py"), "--out", str(DATA["sdd"])], check=True)
     results: list = []
@@ -189,7 +194,8 @@ def main(argv=None) -> int:
         write_section("detection", HEAD + table(results))
 
     for name in args.data:
-        run_dataset(name, args.seeds, args.lamp_seeds, args.twohead_seeds, args.twohead_k, args.ks, results, save)
+        run_dataset(name, args.seeds, args.lamp_seeds, args.twohead_seeds if name in args.twohead_data else [],
+                    args.twohead_k, args.ks, results, save)
     print(table(results))
     return 0
 
