@@ -179,6 +179,8 @@ def main(argv=None) -> int:
     p.add_argument("--twohead-seeds", nargs="*", type=int, default=[0])
     p.add_argument("--twohead-k", nargs="*", type=int, default=[10])
     p.add_argument("--twohead-data", nargs="*", default=list(DATA), help="data sets the two-head rows run on")
+    p.add_argument("--twohead-only", nargs="*", default=None, metavar="DATA:K",
+                   help="run the two-head rows only for these data:k pairs (e.g. elpv:10 elpv:1 sdd:10)")
     p.add_argument("--ks", nargs="+", type=int, default=[10, 1])
     p.add_argument("--threads", type=int, default=2, help="torch threads per training run (1 beside other work)")
     args = p.parse_args(argv)
@@ -194,8 +196,10 @@ def main(argv=None) -> int:
         write_section("detection", HEAD + table(results))
 
     for name in args.data:
+        ks = args.twohead_k if args.twohead_only is None else \
+            [int(pair.split(":")[1]) for pair in args.twohead_only if pair.split(":")[0] == name]
         run_dataset(name, args.seeds, args.lamp_seeds, args.twohead_seeds if name in args.twohead_data else [],
-                    args.twohead_k, args.ks, results, save)
+                    ks, args.ks, results, save)
     print(table(results))
     return 0
 
