@@ -15,6 +15,18 @@ last + 1. The one exception is explicit: alerts that were published while the jo
 could not be written and were then lost from memory become tombstones (``body`` NULL),
 which the replay reports as missing rather than leaving a hole nobody can explain.
 
+Epochs: ``journal_id`` names one numbering of ``alert_seq`` (an epoch). A seq, once
+published, is never published again under the same journal_id. The one way that could
+happen is alerts published while the journal could not be written (disk full) that are
+still unjournaled when the process ends: the next start would hand out their numbers
+again. So, before the first such alert is published, the alert stage drops an empty marker
+file beside the journal (:func:`unjournaled_marker`; creating an empty file needs no data
+blocks, so it works on a full disk), and removes it once the backlog is journaled. An
+:class:`AlertJournal` opened while the marker exists starts a new epoch: the old file is
+renamed aside (``<name>.epoch-<old journal_id>``, kept for forensics), a new file gets a new
+journal_id and numbering starts at 1. Subscribers key alerts by (node, journal_id,
+alert_seq) and read a new journal_id from its start (docs/reliability.md).
+
 Retention (:meth:`AlertJournal.prune`, at open and every ``prune_every`` appends) deletes the
 oldest alerts beyond ``max_alerts``, older than ``max_age_s`` or beyond ``max_bytes`` of bodies;
 it never deletes the newest row, so ``last_seq`` (and with it the numbering) survives any
@@ -53,6 +65,25 @@ CREATE TABLE IF NOT EXISTS alerts (
 
 class JournalError(RuntimeError):
     """The journal cannot be opened or written (disk full, unwritable, another node's file...)."""
+
+
+def _rollback(db: sqlite3.Connection) -> None:
+    """Roll back if a transaction is still open. SQLite rolls back by itself after some errors
+    (SQLITE_FULL, SQLITE_IOERR): a second ROLLBACK then fails with "cannot rollback - no
+    transaction is active", which would replace the real cause ("database or disk is full")."""
+    if db.in_transaction:
+        try:
+            db.execute("ROLLBACK")
+        except sqlite3.Error as e:   # the original error is the one worth reporting
+            log.debug("alert journal: rollback after an error failed too: %s", e)
+
+
+def unjournaled_marker(path: str | os.PathLike) -> Path:
+    """The file that says "alerts were published that this journal does not have" (module doc)."""
+    return Path(str(path) + ".unjournaled")
+
+
+EPOCH_SIDECARS = ("-wal", "-shm")   # SQLite's files beside the journal, renamed or removed with it
 
 
 class JournalEntry(NamedTuple):
@@ -102,8 +133,14 @@ class AlertJournal:
         self.prune_errors = 0
         self._appends_since_prune = 0
         self._db: sqlite3.Connection | None = None
+        # set when this open started a new epoch: the journal_id it replaced and where that file went
+        self.previous_journal_id: str | None = None
+        self.previous_path: Path | None = None
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            marker = unjournaled_marker(self.path)
+            if marker.exists():
+                self._set_aside()
             # autocommit mode: every write below is an explicit BEGIN IMMEDIATE ... COMMIT
             self._db = sqlite3.connect(str(self.path), isolation_level=None, timeout=5.0)
             self._open()
@@ -134,20 +171,82 @@ class AlertJournal:
             meta = dict(db.execute("SELECT key, value FROM meta"))
             if "journal_id" not in meta:
                 meta = {"node": self.node, "journal_id": uuid.uuid4().hex, "created_wall": repr(self.clock())}
+                if self.previous_journal_id is not None:
+                    meta["previous_journal_id"] = self.previous_journal_id
                 db.executemany("INSERT INTO meta VALUES (?, ?)", meta.items())
                 db.execute(f"PRAGMA user_version={JOURNAL_FORMAT_VERSION}")
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            _rollback(db)
             raise
         if meta["node"] != self.node:
             raise JournalError(f"the alert journal {self.path} belongs to node {meta['node']!r}, not {self.node!r}: "
                                f"give --node-id {meta['node']} or another --journal file")
         self.journal_id: str = meta["journal_id"]
         self.created_wall = float(meta["created_wall"])
+        if self.previous_journal_id is not None:   # the new epoch is committed: the old numbers are safe
+            unjournaled_marker(self.path).unlink(missing_ok=True)
         self._last = db.execute("SELECT coalesce(max(seq), 0) FROM alerts").fetchone()[0]
         self._bytes = int(db.execute("SELECT total(length(body)) FROM alerts").fetchone()[0])
         self.prune()
+
+    def _set_aside(self) -> None:
+        """Start a new epoch: rename the journal (and its WAL) aside; the open that follows
+        creates a new file with a new journal_id. The marker goes only once that is committed."""
+        if self.path.exists() and self.path.stat().st_size == 0:
+            self.path.unlink()       # a new epoch's file that a full disk left empty: nothing to keep
+        if not self.path.exists():   # nothing to set aside: the new file gets a new journal_id anyway
+            self.previous_journal_id = "(no journal file)"
+            return
+        try:   # a read-only look at the old identity, for the log and the new file's meta
+            old = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=1.0)
+            try:
+                row = old.execute("SELECT value FROM meta WHERE key = 'journal_id'").fetchone()
+            finally:
+                old.close()
+            self.previous_journal_id = row[0] if row else "(unknown)"
+        except sqlite3.Error as e:
+            log.warning("alert journal: cannot read the identity of %s before setting it aside: %s", self.path, e)
+            self.previous_journal_id = "(unreadable)"
+        suffix = self.previous_journal_id if self.previous_journal_id.isalnum() else f"{time.time():.0f}"
+        aside = self.path.with_name(f"{self.path.name}.epoch-{suffix}")
+        for extra in ("",) + EPOCH_SIDECARS:
+            src = Path(str(self.path) + extra)
+            if not src.exists():
+                continue
+            if extra == "-shm":
+                src.unlink()              # only an index of the WAL: SQLite rebuilds it
+            else:
+                os.replace(src, Path(str(aside) + extra))
+        self.previous_path = aside
+
+    # -- the marker of published-but-unjournaled alerts (module doc: epochs) ---------------------
+    def mark_unjournaled(self, first_seq: int, last_seq: int) -> bool:
+        """Say on disk, before they are published, that alerts from ``first_seq`` on are not
+        journaled. True when the marker exists now. The range is written into it when the disk
+        takes it (for a reader); the file's existence alone is what counts."""
+        marker = unjournaled_marker(self.path)
+        try:
+            fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        except OSError as e:
+            log.critical("alert journal: cannot create %s (%s): if this process ends before the journal "
+                         "recovers, the next start would reuse alert_seq from %d", marker, e, first_seq)
+            return False
+        try:
+            os.write(fd, f"alert_seq {first_seq}..{last_seq} published, not journaled\n".encode())
+            os.fsync(fd)
+        except OSError:
+            pass   # a full disk: the empty file is enough
+        finally:
+            os.close(fd)
+        return True
+
+    def clear_unjournaled(self) -> None:
+        """Every published alert is journaled (or a tombstone) again: the numbering is safe."""
+        try:
+            unjournaled_marker(self.path).unlink(missing_ok=True)
+        except OSError as e:   # harmless: the next start begins an epoch it did not need
+            log.warning("alert journal: cannot remove %s: %s", unjournaled_marker(self.path), e)
 
     # -- reading -----------------------------------------------------------------------------
     def last_seq(self) -> int:
@@ -226,7 +325,7 @@ class AlertJournal:
                                tombstones + [tuple(e) for e in entries])
                 db.execute("COMMIT")
             except BaseException:
-                db.execute("ROLLBACK")
+                _rollback(db)
                 raise
         except sqlite3.Error as e:
             raise JournalError(f"cannot write the alert journal {self.path}: {e}") from e
@@ -267,7 +366,7 @@ class AlertJournal:
                 db.execute("DELETE FROM alerts WHERE seq <= ?", (cut,))
                 db.execute("COMMIT")
             except BaseException:
-                db.execute("ROLLBACK")
+                _rollback(db)
                 raise
         except sqlite3.Error as e:
             raise JournalError(f"cannot prune the alert journal {self.path}: {e}") from e

@@ -18,6 +18,9 @@ gives a subscriber what it missed. If the journal cannot be written (disk full),
 is published anyway (the line would rather have it), counted in ``journal_errors`` and
 logged as an ERROR; up to UNJOURNALED_MAX such alerts wait in memory and are written when
 the disk recovers, older ones become tombstones (reported as missing by the replay).
+Before the first such alert is published, a marker file beside the journal says so: if the
+stage ends before the backlog is written, the next start begins a new journal epoch (a new
+journal_id, edge/journal.py) instead of publishing those alert_seq numbers a second time.
 """
 from __future__ import annotations
 
@@ -114,6 +117,7 @@ class AlertStage(Stage):
         self._outbox: list[tuple[JournalEntry, list[bytes], str]] = []
         self._unjournaled: collections.deque[JournalEntry] = collections.deque()
         self._unjournaled_dropped = False
+        self._marked_unjournaled = False   # the journal's marker file exists (module doc)
         self._last_journal_log = -math.inf
         try:
             self.inp = make_socket(self.ctx, zmq.PULL, hwm=RECV_HWM)
@@ -130,6 +134,11 @@ class AlertStage(Stage):
         self.poller = zmq.Poller()
         self.poller.register(self.inp, zmq.POLLIN)
         self.poller.register(self.replay.sock, zmq.POLLIN)
+        if self.journal.previous_journal_id is not None:
+            log.warning("alert: the previous run published alerts it could not journal; their alert_seq must not "
+                        "be reused, so this run starts a new journal epoch: journal_id %s -> %s, alert_seq starts "
+                        "at 1 (old journal kept as %s); subscribers read the new journal_id as new alerts",
+                        self.journal.previous_journal_id, self.journal.journal_id, self.journal.previous_path)
         log.info("alert: journal %s (journal_id %s, %d alerts kept, alert_seq continues at %d); replay on %s",
                  path, self.journal.journal_id, self.journal.count(), self.alert_seq + 1, replay_addr)
         self.subscribers = 0
@@ -201,8 +210,13 @@ class AlertStage(Stage):
                             len(self._unjournaled))
             self._unjournaled.clear()
             self._unjournaled_dropped = False
+            if self._marked_unjournaled:
+                self.journal.clear_unjournaled()
+                self._marked_unjournaled = False
             self.metrics.observe("journal_ms", (time.monotonic() - t0) * 1e3)
         except JournalError as e:
+            if not self._marked_unjournaled:   # on disk before any of these numbers goes out
+                self._marked_unjournaled = self.journal.mark_unjournaled(entries[0].seq, outbox[-1][0].seq)
             self.metrics.inc("journal_errors", n=len(outbox))
             for entry, _, _ in outbox:
                 if len(self._unjournaled) >= UNJOURNALED_MAX:
@@ -295,10 +309,19 @@ class AlertStage(Stage):
                 try:
                     self.journal.append_many(entries, lost_before=self._unjournaled_dropped)
                     self._unjournaled.clear()
+                    if self._marked_unjournaled:
+                        self.journal.clear_unjournaled()
                 except JournalError as e:
-                    log.critical("alert: alert_seq %d..%d were published but are not in the journal %s (%s): "
-                                 "move that journal aside before the next start, or new alerts will reuse "
-                                 "these numbers", entries[0].seq, entries[-1].seq, self.journal.path, e)
+                    if self._marked_unjournaled or self.journal.mark_unjournaled(entries[0].seq, entries[-1].seq):
+                        log.critical("alert: alert_seq %d..%d were published but are not in the journal %s (%s): "
+                                     "the next start begins a new journal epoch (new journal_id) so that these "
+                                     "numbers are never reused", entries[0].seq, entries[-1].seq,
+                                     self.journal.path, e)
+                    else:
+                        log.critical("alert: alert_seq %d..%d were published but are not in the journal %s (%s), "
+                                     "and the marker that makes the next start begin a new epoch could not be "
+                                     "written: move that journal aside before the next start, or new alerts will "
+                                     "reuse these numbers", entries[0].seq, entries[-1].seq, self.journal.path, e)
         finally:
             self.replay.close()
             self.journal.close()

@@ -347,3 +347,95 @@ def test_the_alert_stage_journals_before_publishing_and_publishes_even_when_the_
         stage.close()
     with AlertJournal(tmp_path / "j.sqlite", "line1") as j:             # the next start continues at 11
         assert j.last_seq() == 10
+
+
+# -- epochs: a published alert_seq is never reused (issue 13) -------------------------------------
+def test_a_marker_of_unjournaled_alerts_makes_the_next_open_a_new_epoch(tmp_path):
+    from edge.journal import unjournaled_marker
+    path = tmp_path / "j.sqlite"
+    with AlertJournal(path, "line1") as j:
+        fill(j, 3)
+        old = j.journal_id
+        assert j.mark_unjournaled(4, 9) and unjournaled_marker(path).exists()
+    with AlertJournal(path, "line1") as j:                      # alert_seq 4..9 are out there: new epoch
+        assert j.journal_id != old and j.previous_journal_id == old
+        assert j.last_seq() == 0 and not unjournaled_marker(path).exists()
+        assert j.previous_path == tmp_path / f"j.sqlite.epoch-{old}"
+        fill(j, 1)
+        new = j.journal_id
+    with AlertJournal(tmp_path / f"j.sqlite.epoch-{old}", "line1") as kept:   # the old epoch, intact
+        assert kept.journal_id == old and kept.last_seq() == 3
+    with AlertJournal(path, "line1") as j:                      # no marker: the same epoch continues
+        assert j.journal_id == new and j.previous_journal_id is None and j.last_seq() == 1
+    with AlertJournal(path, "line1") as j:                      # a marker cleared in time changes nothing
+        assert j.mark_unjournaled(2, 2)
+        j.clear_unjournaled()
+    with AlertJournal(path, "line1") as j:
+        assert j.journal_id == new
+
+
+def test_a_full_disk_says_full_not_cannot_rollback_and_the_next_start_is_a_new_epoch(tmp_path):
+    from tests.edge.tmpfs import fill_disk, small_tmpfs
+    from edge.journal import unjournaled_marker
+    with small_tmpfs(tmp_path / "disk", 512) as disk:
+        path = disk / "j.sqlite"
+        with AlertJournal(path, "line1") as j:
+            fill(j, 2)
+            old = j.journal_id
+            ballast = fill_disk(disk)
+            with pytest.raises(JournalError) as err:
+                for seq in range(3, 200):                       # the WAL grows until the disk refuses
+                    j.append(seq, time.time(), body(seq, journal_id=old) + b"\0" * 8192)
+            assert "full" in str(err.value) and "cannot rollback" not in str(err.value), err.value
+            assert j.mark_unjournaled(seq, seq)                 # an empty file still fits on a full disk
+        ballast.unlink()                                        # the disk is freed
+        with AlertJournal(path, "line1") as j:
+            assert j.journal_id != old and j.last_seq() == 0 and not unjournaled_marker(path).exists()
+
+
+def test_an_alert_stage_that_stops_with_unjournaled_alerts_makes_the_next_start_a_new_epoch(tmp_path, monkeypatch,
+                                                                                             caplog):
+    import edge.stages.alert as alert_stage
+    from edge.config import PipelineConfig
+    from edge.journal import unjournaled_marker
+    from pathlib import Path
+    engine = Path(__file__).resolve().parents[2] / "edge" / "bundled" / "model.onnx"
+    probe = zmq.Context.instance().socket(zmq.ROUTER)
+    ports = [probe.bind_to_random_port("tcp://127.0.0.1") for _ in range(2)]
+    probe.close(linger=0)
+    cfg = PipelineConfig(engine=str(engine), alerts_addr=f"tcp://127.0.0.1:{ports[0]}",
+                         replay_addr=f"tcp://127.0.0.1:{ports[1]}", scored_addr=f"ipc://{tmp_path}/scored",
+                         journal_path=str(tmp_path / "j.sqlite"), node_id="line1")
+
+    def publish_one(stage):
+        stage.publish("cam0", 0, time.monotonic(), time.time(), "OK", stage.rules_for("cam0"), score=-1e9)
+        stage.flush()
+
+    def broken(*a, **k):
+        raise JournalError("database or disk is full (test)")
+
+    stage = alert_stage.AlertStage(cfg)
+    old = stage.journal.journal_id
+    try:
+        publish_one(stage)                                               # 1: journaled
+        monkeypatch.setattr(stage.journal, "append_many", broken)
+        publish_one(stage)                                               # 2, 3: published, not journaled
+        assert unjournaled_marker(cfg.journal_path).exists()            # on disk before 2 went out
+        publish_one(stage)
+    finally:
+        with caplog.at_level("CRITICAL", logger="edge"):
+            stage.close()
+    assert "alert_seq 2..3 were published but are not in the journal" in caplog.text
+    assert "new journal epoch" in caplog.text
+    monkeypatch.undo()
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="edge"):
+        stage = alert_stage.AlertStage(cfg)
+    try:
+        assert stage.journal.journal_id != old and stage.alert_seq == 0   # 2 and 3 are never reused
+        assert f"journal_id {old} -> {stage.journal.journal_id}" in caplog.text
+        publish_one(stage)
+        assert [decode_alert_body(b)["journal_id"] for b in stage.journal.since(0, 10).alerts] == \
+            [stage.journal.journal_id]
+    finally:
+        stage.close()
