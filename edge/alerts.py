@@ -120,5 +120,7 @@ def validate_alert(alert) -> None:
             raise AlertError(f"alert field '{key}' has type {type(alert[key]).__name__}")
     if alert["verdict"] not in VERDICTS:
         raise AlertError(f"unknown verdict {alert['verdict']!r}")
+    if not math.isfinite(alert["threshold"]):   # NaN: "score > threshold" is never true, every part OK
+        raise AlertError(f"alert threshold must be finite, got {alert['threshold']}")
     if alert["verdict"] != "NotDecidable" and (alert["score"] is None or not math.isfinite(alert["score"])):
         raise AlertError(f"a {alert['verdict']} alert needs a finite score")

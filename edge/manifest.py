@@ -11,6 +11,8 @@ import hashlib
 import json
 from pathlib import Path
 
+from edge.rules import RulesError, check_calibration
+
 MANIFEST_FORMAT_VERSION = 1
 MANIFEST_KIND = "edge-inspect/manifest"
 
@@ -56,6 +58,10 @@ def load_manifest(engine: Path, verify_checksum: bool = True) -> dict:
     if verify_checksum and sha256_file(engine) != doc["engine"].get("sha256"):
         raise ManifestError(f"{engine} does not match its manifest (sha256 differs): the file was changed or "
                             f"truncated; copy it again or rebuild it with edge-export / edge-build")
+    try:   # a NaN or missing threshold is refused here, at start, not found by the alert stage per frame
+        check_calibration(doc.get("calibration"), f"{path.name}")
+    except RulesError as e:
+        raise ManifestError(str(e)) from e
     return doc
 
 

@@ -30,6 +30,7 @@ from edge.config import STAGES, PipelineConfig, local_endpoints
 from edge.frame_ring import remove_stale_rings
 from edge.manifest import ManifestError, load_manifest
 from edge.metrics import MetricsServer, format_summary
+from edge.rules import RulesError, parse_threshold
 from edge.security import CurveConfig, SecurityError, add_curve_arguments, insecure_warning
 from edge.sources import parse_source
 from edge.stages.base import decode_snapshot
@@ -362,7 +363,7 @@ reopened with back-off and reported as a NotDecidable alert ("camera blind")."""
                    help="publish an alert for every verdict, or only NotOK / NotDecidable (default all)")
     p.add_argument("--thumbnails", choices=["all", "defects", "none"], default="defects",
                    help="attach a JPEG heatmap overlay to these alerts (default defects)")
-    p.add_argument("--threshold", type=float, default=None,
+    p.add_argument("--threshold", type=parse_threshold, default=None,
                    help="raw score threshold, overriding the manifest's calibrated one (say why in your logbook)")
     p.add_argument("--node-id", default="", help="this node's name in alerts (default: host name)")
     p.add_argument("--alerts-addr", default="tcp://127.0.0.1:5560",
@@ -417,8 +418,9 @@ def config_from_args(a: argparse.Namespace) -> tuple[PipelineConfig, list[str]]:
         if not spec.live and not Path(spec.target).exists():
             raise SystemExit(f"edge-run: source {text!r}: {spec.target} does not exist")
     try:
-        load_manifest(a.engine)
-    except ManifestError as e:
+        manifest = load_manifest(a.engine)
+        check_start(manifest, a, stages)
+    except (ManifestError, RulesError) as e:
         raise SystemExit(f"edge-run: {e}")
     if a.journal_max_alerts < 1 or a.journal_max_days <= 0 or a.journal_max_mb <= 0:
         raise SystemExit("edge-run: --journal-max-alerts, --journal-max-days and --journal-max-mb must be positive")
@@ -443,6 +445,18 @@ def config_from_args(a: argparse.Namespace) -> tuple[PipelineConfig, list[str]]:
         replay_addr=a.replay_addr)
     configure_curve(cfg, a, stages)
     return cfg, [s for s in STAGES if s in stages]
+
+
+def check_start(manifest: dict, a: argparse.Namespace, stages: list[str]) -> None:
+    """Refuse, before any process starts, a camera without calibration and a --roi for no camera."""
+    from edge.rules import camera_rules, check_cameras, check_rois
+    cameras = [parse_source(t, i).camera for i, t in enumerate(a.source)]
+    if a.source:
+        check_rois([camera for camera, _ in a.roi], cameras)
+    if "alert" in stages:
+        rules = camera_rules(manifest, a.threshold)
+        if cameras:
+            check_cameras(rules, cameras)
 
 
 # hop -> (the stage that connects and sends, the stage that binds and receives)

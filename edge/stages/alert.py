@@ -39,6 +39,7 @@ from edge.journal import AlertJournal, JournalEntry, JournalError, default_journ
 from edge.manifest import load_manifest
 from edge.regions import find_regions
 from edge.replay import ReplayServer, default_replay_addr
+from edge.rules import DEFAULT_CAMERA, CameraRules, RulesError, camera_rules, check_cameras, rules_for
 from edge.stages.base import Stage, log
 from edge.verdict import normalised_score
 from edge.wire import MessageError, check_items, field, make_socket
@@ -47,28 +48,6 @@ RECV_HWM = 16
 PUB_HWM = 10_000
 THUMBNAIL_QUALITY = 80
 UNJOURNALED_MAX = 1000        # alerts published but not yet journaled, kept for a retry
-
-
-class CameraRules:
-    """A camera's calibrated constants (its own entry, else the "*" entry)."""
-
-    def __init__(self, entry: dict | None, threshold_override: float | None) -> None:
-        if entry is None and threshold_override is None:
-            raise ValueError("the model has no calibration: calibrate it (edge-calibrate, then edge-export "
-                             "--calibration) or give --threshold explicitly")
-        entry = entry or {}
-        self.threshold = float(threshold_override if threshold_override is not None else entry["image"]["threshold"])
-        norm = entry.get("normalisation") or {"center": self.threshold, "scale": 1.0}
-        self.center = self.threshold if threshold_override is not None else float(norm["center"])
-        self.scale = float(norm["scale"])
-        pixel = entry.get("pixel") or {}
-        self.pixel_threshold = pixel.get("threshold")
-        self.min_region_area = int(pixel.get("min_region_area", 1))
-
-
-def calibration_rules(manifest: dict, threshold: float | None) -> dict[str, CameraRules]:
-    cameras = (manifest.get("calibration") or {}).get("cameras") or {"*": None}
-    return {cam: CameraRules(entry, threshold) for cam, entry in cameras.items()}
 
 
 def heat_thumbnail(pixels: np.ndarray, heatmap: np.ndarray, high: float) -> bytes:
@@ -104,7 +83,8 @@ class AlertStage(Stage):
     def __init__(self, cfg: PipelineConfig) -> None:
         super().__init__(cfg)
         self.manifest = load_manifest(cfg.engine, verify_checksum=False)
-        self.rules = calibration_rules(self.manifest, cfg.threshold)
+        self.rules = camera_rules(self.manifest, cfg.threshold)
+        self.check_cameras_known(cfg)
         self.node = cfg.node_id or socket.gethostname()
         path = cfg.journal_path or str(default_journal_path(self.node, cfg.alerts_addr))
         try:
@@ -144,8 +124,20 @@ class AlertStage(Stage):
         self.subscribers = 0
         self.eos_seen = 0
 
+    def check_cameras_known(self, cfg: PipelineConfig) -> None:
+        """Refuse to start unless every camera that can arrive has rules (edge/rules.py). Without
+        the capture stage here (stages on several hosts) the cameras are not known at start, so
+        only a '*' entry (or --threshold) covers them."""
+        if cfg.sources:
+            from edge.sources import parse_source
+            check_cameras(self.rules, [parse_source(t, i).camera for i, t in enumerate(cfg.sources)])
+        elif DEFAULT_CAMERA not in self.rules:
+            raise RulesError(f"the alert stage runs without --source here, so its cameras are unknown at start, and "
+                             f"the calibration has entries for {', '.join(sorted(self.rules))} only: add a '*' entry "
+                             f"(edge-calibrate --camera '*' ...) so that no camera arrives unjudged")
+
     def rules_for(self, camera: str) -> CameraRules:
-        return self.rules.get(camera) or self.rules.get("*") or next(iter(self.rules.values()))
+        return rules_for(self.rules, camera)   # its own entry, else '*'; never another camera's
 
     def poll_subscriptions(self) -> None:
         while True:
