@@ -21,7 +21,8 @@ import pytest
 import zmq
 
 from edge.alerts import MAX_ALERT_BYTES, encode_alert, make_alert
-from edge.alerts_cli import (MAXMSGSIZE, AlertStore, AlertSubscriber, RateLimitedLog, alert_to_json,
+from edge.alerts_cli import (MAXMSGSIZE, AlertStore, AlertSubscriber, RateLimitedLog, StoreWriteError,
+                             alert_to_json,
                              format_alert, main, parse_connect, subscription_prefixes, thumbnail_name)
 from edge.journal import AlertJournal
 from edge.replay import ReplayServer
@@ -260,7 +261,7 @@ def test_store_writes_one_row_per_alert_and_ignores_duplicates(tmp_path):
     with sqlite3.connect(db) as con:
         con.row_factory = sqlite3.Row
         rows = con.execute("SELECT * FROM alerts ORDER BY alert_seq").fetchall()
-        assert con.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert con.execute("PRAGMA user_version").fetchone()[0] == 3
     assert len(rows) == 2
     r0, r1 = dict(rows[0]), dict(rows[1])
     assert r0["thumbnail_jpeg"] == JPEG and r0["frame_seq"] == 100 and r0["received_wall"] == 5.0
@@ -278,6 +279,62 @@ def test_store_writes_one_row_per_alert_and_ignores_duplicates(tmp_path):
         assert con.execute("SELECT count(*) FROM alerts WHERE node = 'line1' AND alert_seq = 0").fetchone()[0] == 2
         with pytest.raises(sqlite3.IntegrityError):               # the constraint is in the file
             con.execute("INSERT INTO alerts SELECT * FROM alerts WHERE alert_seq = 2")
+
+
+def test_store_tells_a_duplicate_from_a_reused_number_and_from_a_failed_write(tmp_path, caplog):
+    db = tmp_path / "alerts.sqlite"
+    jid = "j" * 32
+    with AlertStore(db) as store:
+        for i in range(50):                     # NaN is NULL to SQLite: NOT NULL would refuse it, OR IGNORE hid it
+            bad = alert(seq=i, journal_id=jid)
+            bad["threshold"] = float("nan")         # (decode_alert refuses it; a library caller may not)
+            with pytest.raises(StoreWriteError, match="'threshold' is nan"):
+                store.add(bad)
+        assert store.write_errors == 50 and store.duplicates == 0 and store.rows_written == 0
+        with pytest.raises(StoreWriteError, match="lacks|KeyError"):
+            store.add({k: v for k, v in alert(seq=60).items() if k != "model_version"})
+        assert store.add(alert(seq=1, journal_id=jid))
+        assert not store.add(alert(seq=1, journal_id=jid))                 # the same message twice
+        with caplog.at_level(logging.ERROR, logger="edge.alerts"):
+            assert store.add(alert(seq=1, frame=7, journal_id=jid, published_wall=1.8e9))   # a reused number
+        assert "reused the number" in caplog.text
+        assert (store.duplicates, store.conflicts, store.rows_written, store.write_errors) == (1, 1, 1, 51)
+    with sqlite3.connect(db) as con:
+        assert con.execute("SELECT count(*) FROM alerts").fetchone()[0] == 1
+        assert con.execute("SELECT frame_seq FROM conflicts").fetchall() == [(7,)]   # kept, not thrown away
+
+
+def test_main_counts_and_logs_failed_writes_and_exits_3(node, tmp_path, capsys, caplog):
+    db = tmp_path / "a.sqlite"
+    AlertStore(db).close()
+    with sqlite3.connect(db) as con:   # a rule the MES added to the table: rows of cam9 are refused
+        con.execute("CREATE TRIGGER refuse BEFORE INSERT ON alerts WHEN NEW.camera = 'cam9' "
+                    "BEGIN SELECT RAISE(ABORT, 'cam9 is not on this line'); END")
+    items = [alert(seq=i, camera="cam9", journal_id="j" * 32) for i in range(3)] + [alert(seq=3, journal_id="j" * 32)]
+    t = publish_when_subscribed(node, items)
+    with caplog.at_level(logging.ERROR, logger="edge.alerts"):
+        rc = main(["--insecure", "--no-replay", "--connect", node.endpoint, "--db", str(db), "--count", "4",
+                   "--timeout", "10", "--summary", "-q"])
+    t.join(1)
+    out = capsys.readouterr().out
+    assert rc == 3, out
+    assert "db failed writes: 3" in out and "db duplicates ignored: 0" in out and "db rows written: 1" in out
+    assert sum("NOT stored" in r.getMessage() for r in caplog.records) == 3     # each one, not rate-limited
+
+
+def test_a_live_copy_with_other_content_is_a_reused_number_not_a_duplicate(node):
+    jid = "j" * 32
+    with AlertSubscriber([node.endpoint], replay=False) as sub:
+        node.wait_subscribed()
+        assert sub.wait_connected(5)
+        for a in (alert(seq=1, journal_id=jid), alert(seq=2, journal_id=jid),
+                  alert(seq=1, frame=7, journal_id=jid, published_wall=1.8e9),   # another part, same number
+                  alert(seq=2, journal_id=jid)):                                 # a true duplicate
+            node.send(a)
+        got = recv_n(sub, 3)
+        assert [(a["alert_seq"], a["frame_seq"]) for a in got] == [(1, 101), (2, 102), (1, 7)]
+        assert sub.recv(timeout=0.2) is None
+        assert sub.counters["seq_conflicts"] == 1 and sub.counters["duplicates"] == 1
 
 
 def test_thumbnail_names_are_safe():
@@ -736,7 +793,7 @@ def test_store_version_1_is_upgraded_in_place(tmp_path):
         assert not store.add(alert(seq=1, journal_id="j" * 32))
         assert store.last_seq("line1", "j" * 32) == 1
     with sqlite3.connect(db) as con:
-        assert con.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert con.execute("PRAGMA user_version").fetchone()[0] == 3
         assert con.execute("SELECT count(*), count(journal_id) FROM alerts").fetchone() == (2, 1)
     con = sqlite3.connect(db)
     con.execute("PRAGMA user_version = 7")
