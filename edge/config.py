@@ -38,6 +38,7 @@ class PipelineConfig:
     wait_subscribers_s: float = 10.0
     ring_slots: int = 8
     stall_timeout_s: float = 5.0
+    blind_repeat_s: float = 10.0          # a blind camera's NotDecidable report is repeated this often
     metrics_interval_s: float = 0.5
     parent_pid: int = 0                   # stage processes exit if this process goes away
     curve_secret: str = ""                # CURVE (docs/security.md): own secret key file; "" = --insecure

@@ -6,6 +6,12 @@ the pixels travel as a second, zero-copy frame. Live cameras never wait: the
 ring overwrites the oldest unread frame and a full socket refuses the newest,
 both counted as ``dropped`` for that camera. With ``no_drop`` the reader thread
 waits instead, which slows a file source down to the pipeline's pace.
+
+A camera that sees nothing is never silence on the line: a live camera that never opens
+(connection refused, no such device) is reported blind at its first failed open, like one
+that stops delivering; and while it stays blind (failed reopens) the report is repeated every
+BLIND_REPEAT_S seconds (:class:`BlindCameras`). The alert stage publishes each report as a
+NotDecidable alert with frame_seq -1.
 """
 from __future__ import annotations
 
@@ -21,6 +27,56 @@ from edge.stages.base import Stage, log
 from edge.wire import make_socket, pack
 
 SEND_HWM = 16
+BLIND_REPEAT_S = PipelineConfig.blind_repeat_s   # reports repeat this often while blind (docs/pipeline.md)
+
+
+class BlindCameras:
+    """Which cameras see nothing right now, and when the line was last told about each.
+
+    Fed with the reader's events (edge.sources): ``blind`` and the first ``open_failed`` of a
+    camera that is not blind yet (it never opened, or it came back and failed again) start a
+    blind spell and are reported at once; ``opened`` / ``reconnected`` end it; :meth:`due`
+    gives the reminders of the spells still running. Thread-safe (readers call from their
+    threads, the stage loop asks for reminders)."""
+
+    def __init__(self, repeat_s: float = BLIND_REPEAT_S, clock=time.monotonic) -> None:
+        if not repeat_s > 0:
+            raise ValueError(f"the blind report interval must be > 0 s, got {repeat_s}")
+        self.repeat_s, self.clock = float(repeat_s), clock
+        self._spells: dict[str, dict] = {}   # camera -> since, told, reason
+        self._lock = threading.Lock()
+
+    def on_event(self, camera: str, event: str, detail: str) -> str | None:
+        """The detail of a blind report to send now for this event, or None."""
+        now = self.clock()
+        with self._lock:
+            if event in ("opened", "reconnected"):
+                self._spells.pop(camera, None)
+                return None
+            if event == "blind":
+                self._spells[camera] = {"since": now, "told": now, "reason": detail}
+                return detail
+            if event == "open_failed":
+                spell = self._spells.get(camera)
+                if spell is None:
+                    self._spells[camera] = {"since": now, "told": now, "reason": detail}
+                    return f"cannot open the camera: {detail}"
+                spell["reason"] = detail   # the reminder says why the latest reopen failed
+            return None
+
+    def due(self) -> list[tuple[str, str]]:
+        """(camera, detail) of every blind camera whose last report is ``repeat_s`` old."""
+        now, out = self.clock(), []
+        with self._lock:
+            for camera, spell in self._spells.items():
+                if now - spell["told"] >= self.repeat_s:
+                    spell["told"] = now
+                    out.append((camera, f"still blind after {now - spell['since']:.0f} s: {spell['reason']}"))
+        return out
+
+    def blind(self) -> list[str]:
+        with self._lock:
+            return sorted(self._spells)
 
 
 class CaptureStage(Stage):
@@ -35,6 +91,7 @@ class CaptureStage(Stage):
         # each camera's frames and the final end-of-stream in order.
         self.lock = threading.Lock()
         self.rings: dict[str, FrameRing] = {}
+        self.blind = BlindCameras(cfg.blind_repeat_s)
         self.readers = [CameraReader(s, self.on_frame, self.on_event, loop=cfg.loop,
                                      stall_timeout_s=cfg.stall_timeout_s, fps_limit=cfg.fps_limit)
                         for s in self.specs]
@@ -74,10 +131,18 @@ class CaptureStage(Stage):
         self.metrics.inc(f"event_{event}", camera)
         (log.warning if event in ("blind", "open_failed", "bad_frame") else log.info)(
             "capture %s: %s %s", camera, event, detail)
-        if event in ("blind", "reconnected", "bad_frame"):  # the alert stage turns these into verdicts
-            with self.lock:
-                self.send_control(self.out, {"kind": "event", "camera": camera, "event": event, "detail": detail,
-                                             "mono": time.monotonic(), "wall": time.time()})
+        blind_report = self.blind.on_event(camera, event, detail)
+        if blind_report is not None:
+            self.send_event(camera, "blind", blind_report)
+        elif event in ("reconnected", "bad_frame"):  # the alert stage turns bad_frame into a verdict
+            self.send_event(camera, event, detail)
+
+    def send_event(self, camera: str, event: str, detail: str) -> None:
+        if event == "blind":
+            self.metrics.inc("blind_reports", camera)
+        with self.lock:
+            self.send_control(self.out, {"kind": "event", "camera": camera, "event": event, "detail": detail,
+                                         "mono": time.monotonic(), "wall": time.time()})
 
     def run(self) -> None:
         for r in self.readers:
@@ -85,6 +150,8 @@ class CaptureStage(Stage):
         try:
             while not self.stopping and not all(r.finished for r in self.readers) and not self.orphaned():
                 time.sleep(0.05)
+                for camera, detail in self.blind.due():   # still blind: the line is told again
+                    self.send_event(camera, "blind", detail)
                 self.report()
         finally:
             for r in self.readers:
