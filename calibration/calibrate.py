@@ -1,4 +1,4 @@
-"""Fit a run's alert thresholds on held-out data and write calibration.json.
+"""Fit alert thresholds on the scores of the engine that ships, and write calibration.json.
 
 What is fitted, per camera (``"*"`` = every camera without its own entry):
 * the image alert threshold for a target false-alarm rate, from held-out good
@@ -11,32 +11,40 @@ What is fitted, per camera (``"*"`` = every camera without its own entry):
 * where held-out defective images exist, the miss rate at the threshold (an
   estimate with an exact upper bound; nothing is fitted on them).
 
-Held-out means never trained on: the run's validation good images (held out
-by every trainer), plus any images given with --data that the run did not
-train on (checked). The format is documented in docs/calibration.md.
+Fitted on what: always on the scores of an engine, computed by the edge's own backend
+(calibration/engine_scores.py), never on the torch checkpoint's. The walk is one way:
+images + engine in, calibration.json out.
+* ``calibrate_engine`` (``edge-calibrate --engine``): any engine the edge runs, folders of
+  good (and defective) images; no torch, runs on the line machine.
+* ``calibrate`` (``edge-calibrate --run``): at training time; picks the run's held-out
+  images (validation good images, test-split defects, ``--data`` images it did not train
+  on), exports the run's graph (or takes ``engine``) and calibrates on that graph.
+Each camera entry records the engine it was fitted on (file, sha256, precision): edge-run
+refuses a calibration fitted on another engine. The format: docs/calibration.md.
 """
 from __future__ import annotations
 
 import datetime
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
+from calibration.engine_scores import EngineScorer, EngineScores
+from calibration.images import model_pixels
 from calibration.thresholds import fit_threshold, miss_rate
 from edge.regions import find_regions
+from edge.rules import DEFAULT_CAMERA, check_calibration
 from trainer.artifacts import read_json, write_json
-from trainer.data import Sample, Split
-from trainer.evaluate import predict
-from trainer.runs import open_run, run_samples
-from trainer.tensors import load_images
+from trainer.data import Sample
+from trainer.robust import robust_center_scale
 
 CALIBRATION_FORMAT_VERSION = 1
 CALIBRATION_KIND = "edge-inspect/calibration"
-DEFAULT_CAMERA = "*"
 
 
-def trained_paths(split: Split, validation_good: Sequence[Sample]) -> set[Path]:
+def trained_paths(split, validation_good: Sequence[Sample]) -> set[Path]:
     """Images the model learned from: the split's training part less the validation hold-out."""
     return {s.path.resolve() for s in split.train} - {s.path.resolve() for s in validation_good}
 
@@ -48,76 +56,136 @@ def check_not_trained_on(samples: Sequence[Sample], trained: set[Path]) -> None:
                          f"calibrate on held-out images only")
 
 
-def robust_scale(scores: np.ndarray) -> float:
-    s = np.asarray(scores, dtype=np.float64)
-    scale = 1.4826 * float(np.median(np.abs(s - np.median(s))))
-    return scale if scale > 0 else (float(s.std()) or 1.0)
-
-
-def fit_camera(model, size: int, channels: int, good: Sequence[Sample], defective: Sequence[Sample],
-               target_far: float, confidence: float, guarantee: str, pixel_far: float,
-               min_region_area: int) -> tuple[dict, dict]:
-    """The calibration entry of one camera, and the arrays the report plots."""
-    good_images = load_images(good, size, channels)
-    good_scores, good_maps = predict(model, good_images)
-    image_fit = fit_threshold(good_scores, target_far, confidence, guarantee)
-    pixel_fit = fit_threshold(good_maps.reshape(len(good_maps), -1).max(axis=1), pixel_far, confidence, guarantee)
+def fit_entry(good: EngineScores, defective: EngineScores | None, target_far: float, confidence: float,
+              guarantee: str, pixel_far: float, min_region_area: int, map_size: int) -> dict:
+    """The calibration entry of one camera from the engine's scores of its held-out images."""
+    image_fit = fit_threshold(good.scores, target_far, confidence, guarantee)
+    pixel_fit = fit_threshold(good.maps.reshape(len(good.maps), -1).max(axis=1), pixel_far, confidence, guarantee)
     entry = {
         "image": image_fit.to_dict(),
-        "normalisation": {"kind": "logistic", "center": image_fit.threshold, "scale": robust_scale(good_scores),
+        "normalisation": {"kind": "logistic", "center": image_fit.threshold,
+                          "scale": robust_center_scale(good.scores)[1],
                           "rule": "n = 1 / (1 + exp(-(raw - center) / scale)); alert when n > 0.5 (raw > threshold)"},
-        "pixel": {**pixel_fit.to_dict(), "min_region_area": min_region_area, "map_size": [size, size],
+        "pixel": {**pixel_fit.to_dict(), "min_region_area": min_region_area, "map_size": [map_size, map_size],
                   "rule": "regions = 8-connected heatmap pixels above threshold with at least min_region_area pixels"},
-        "held_out": {"n_good": len(good), "n_defective": len(defective)},
+        "held_out": {"n_good": len(good.scores), "n_defective": 0 if defective is None else len(defective.scores)},
     }
-    arrays = {"good_images": good_images.numpy(), "good_scores": good_scores, "good_maps": good_maps}
-    if defective:
-        d_images = load_images(defective, size, channels)
-        d_scores, d_maps = predict(model, d_images)
-        entry["miss_rate"] = miss_rate(d_scores, image_fit.threshold)
+    if defective is not None and len(defective.scores):
+        entry["miss_rate"] = miss_rate(defective.scores, image_fit.threshold)
         entry["miss_rate"]["note"] = "held-out defective images; an estimate, nothing was fitted on them"
-        arrays.update(defect_images=d_images.numpy(), defect_scores=d_scores, defect_maps=d_maps)
     else:
         entry["miss_rate"] = None
         entry["miss_rate_note"] = "no held-out defective images: the miss rate cannot be estimated"
-    return entry, arrays
+    return entry
 
 
-def write_report(out_dir: Path, camera: str, entry: dict, arrays: dict) -> list[str]:
+def write_report(out_dir: Path, camera: str, entry: dict, good_pixels: np.ndarray, good: EngineScores,
+                 defect_pixels: np.ndarray | None, defective: EngineScores | None) -> list[str]:
     """PNG plots beside calibration.json; returns their file names."""
     from calibration.plots import plot_heatmap_overlays, plot_roc, plot_score_histograms
     tag = "all" if camera == DEFAULT_CAMERA else camera
     t = entry["image"]["threshold"]
-    d_scores = arrays.get("defect_scores", np.empty(0))
+    d_scores = defective.scores if defective is not None else np.empty(0)
     files = [f"scores_{tag}.png"]
-    plot_score_histograms(out_dir / files[0], arrays["good_scores"], d_scores, t,
+    plot_score_histograms(out_dir / files[0], good.scores, d_scores, t,
                           f"camera {camera}: held-out scores, target FAR {entry['image']['target_far']:g}")
     if len(d_scores):
         files.append(f"roc_{tag}.png")
-        plot_roc(out_dir / files[-1], arrays["good_scores"], d_scores, t, f"camera {camera}: ROC, operating point")
-    images = np.concatenate([arrays["good_images"], arrays.get("defect_images", arrays["good_images"][:0])])
-    maps = np.concatenate([arrays["good_maps"], arrays.get("defect_maps", arrays["good_maps"][:0])])
-    scores = np.concatenate([arrays["good_scores"], d_scores])
-    labels = np.r_[np.zeros(len(arrays["good_scores"]), int), np.ones(len(d_scores), int)]
+        plot_roc(out_dir / files[-1], good.scores, d_scores, t, f"camera {camera}: ROC, operating point")
+    images = good_pixels if defect_pixels is None else np.concatenate([good_pixels, defect_pixels])
+    maps = good.maps if defective is None else np.concatenate([good.maps, defective.maps])
+    scores = np.concatenate([good.scores, d_scores])
+    labels = np.r_[np.zeros(len(good.scores), int), np.ones(len(d_scores), int)]
     px = entry["pixel"]
     regions = [find_regions(m, px["threshold"], px["min_region_area"]) for m in maps]
     files.append(f"heatmaps_{tag}.png")
-    plot_heatmap_overlays(out_dir / files[-1], images, maps, scores, labels, t, px["threshold"], regions)
+    plot_heatmap_overlays(out_dir / files[-1], images.astype(np.float32) / 255, maps, scores, labels, t,
+                          px["threshold"], regions)
     return files
+
+
+def model_section(manifest: dict) -> dict:
+    """What calibration.json says of the model: the checkpoint behind the engine and its input."""
+    return {"kind": manifest.get("model_kind"), "checkpoint_sha256": manifest["checkpoint_sha256"],
+            "model_version": manifest.get("model_version"), "preprocess": manifest["input"].get("preprocess")}
+
+
+def fit_camera(scorer: EngineScorer, good: Sequence[Sample], defective: Sequence[Sample], target_far: float,
+               confidence: float, guarantee: str, pixel_far: float | None, min_region_area: int | None,
+               report_dir: Path | None, camera: str) -> dict:
+    """Score ``good`` and ``defective`` with the engine and fit the camera's entry (plots when report_dir)."""
+    if any(s.label != 0 for s in good) or any(s.label != 1 for s in defective):
+        raise ValueError("calibration good images must be labelled good and defective images defective")
+    size, channels = scorer.size, scorer.channels
+    good_px = model_pixels(good, size, channels)
+    good_scores = scorer.score(good_px)
+    d_px = model_pixels(defective, size, channels) if defective else None
+    d_scores = scorer.score(d_px) if defective else None
+    min_area = min_region_area if min_region_area is not None else max(4, round(5e-4 * size * size))
+    entry = fit_entry(good_scores, d_scores, target_far, confidence, guarantee, pixel_far or target_far,
+                      min_area, size)
+    entry["engine"] = scorer.record()
+    entry["fitted_utc"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    if report_dir is not None:
+        try:
+            entry["plots"] = write_report(report_dir, camera, entry, good_px, good_scores, d_px, d_scores)
+        except ImportError as e:   # the line machine may have no matplotlib: the thresholds matter, not the PNGs
+            entry["plots_note"] = f"plots skipped: {e}"
+    return entry
+
+
+def write_calibration(out: Path, camera: str, entry: dict, model: dict, extra: dict | None = None) -> dict:
+    """Add (or replace) ``camera``'s entry in calibration.json at ``out``; a file fitted for another
+    checkpoint is refused. Every entry is checked as the edge will check it before the file is written."""
+    doc = read_json(out) if out.is_file() else None
+    if doc is not None and doc.get("model", {}).get("checkpoint_sha256") != model["checkpoint_sha256"]:
+        raise ValueError(f"{out} was fitted for another model (checkpoint hash differs): write to a new --out")
+    doc = doc or {"format_version": CALIBRATION_FORMAT_VERSION, "kind": CALIBRATION_KIND, "model": model,
+                  **(extra or {}), "cameras": {}}
+    doc["cameras"][camera] = entry
+    check_calibration(doc, str(out))
+    write_json(out, doc)
+    return doc
+
+
+def calibrate_engine(engine: Path, good: Sequence[Sample], target_far: float, *, defective: Sequence[Sample] = (),
+                     confidence: float = 0.95, guarantee: str = "pac", pixel_far: float | None = None,
+                     min_region_area: int | None = None, camera: str = DEFAULT_CAMERA, out: Path | None = None,
+                     plots: bool = True) -> dict:
+    """Calibrate one camera on ``engine``'s scores of ``good`` (and ``defective``) images; write
+    ``out`` (default: calibration.json beside the engine). The caller vouches that the images
+    are held out (the engine does not know what it was trained on)."""
+    scorer = EngineScorer(engine)
+    out = Path(out or Path(engine).with_name("calibration.json"))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    entry = fit_camera(scorer, list(good), list(defective), target_far, confidence, guarantee, pixel_far,
+                       min_region_area, out.parent if plots else None, camera)
+    return write_calibration(out, camera, entry, model_section(scorer.manifest))
+
+
+def export_for_calibration(run_dir: Path, folder: Path) -> Path:
+    """The run's inference graph (edge-export's, with its manifest) in ``folder``. The export is
+    deterministic: edge-export of the same checkpoint writes the same bytes (same sha256)."""
+    from deploy.export import export_onnx
+    from deploy.manifest import write_manifest
+    graph = Path(folder) / "model.onnx"
+    report = export_onnx(run_dir, graph)
+    write_manifest(graph, report, run_dir, None)
+    return graph
 
 
 def calibrate(run_dir: Path, target_far: float, *, confidence: float = 0.95, guarantee: str = "pac",
               pixel_far: float | None = None, min_region_area: int | None = None,
               good: Sequence[Sample] | None = None, defective: Sequence[Sample] | None = None,
               camera: str = DEFAULT_CAMERA, out: Path | None = None, plots: bool = True,
-              data_root: Path | None = None, extra: Sequence[Sample] = ()) -> dict:
-    """Calibrate one camera of a run and write (or update) calibration.json. ``good`` and
-    ``defective`` default to the run's validation good images and its test-split defects.
-    ``extra`` (e.g. ``--data``): more held-out images; its good ones join ``good``, its
-    defective ones replace the default defects; any the run trained on are left out and counted."""
-    run = open_run(run_dir)
-    size, channels = run["meta"]["preprocess"]["size"], run["meta"]["preprocess"]["channels"]
-    val_good, split, root = run_samples(run["split_doc"], data_root)
+              data_root: Path | None = None, extra: Sequence[Sample] = (), engine: Path | None = None) -> dict:
+    """Calibrate one camera of a run on its exported graph and write (or update) calibration.json.
+    ``good`` and ``defective`` default to the run's validation good images and its test-split
+    defects. ``extra`` (e.g. ``--data``): more held-out images; its good ones join ``good``, its
+    defective ones replace the default defects; any the run trained on are left out and counted.
+    ``engine``: the exported graph (or a built engine) of this run; default: exported now."""
+    from trainer.runs import run_split   # reads split.json and the data only: no checkpoint, no torch
+    split_doc, val_good, split = run_split(run_dir, data_root)
     trained = trained_paths(split, val_good)
     good = list(val_good if good is None else good)
     fresh = [s for s in extra if s.path.resolve() not in trained]
@@ -126,34 +194,26 @@ def calibrate(run_dir: Path, target_far: float, *, confidence: float = 0.95, gua
     defective = [s for s in fresh if s.label == 1] or defective
     defective = list([s for s in split.test if s.label == 1] if defective is None else defective)
     check_not_trained_on([*good, *defective], trained)
-    if any(s.label != 0 for s in good) or any(s.label != 1 for s in defective):
-        raise ValueError("calibration good images must be labelled good and defective images defective")
-    min_area = min_region_area if min_region_area is not None else max(4, round(5e-4 * size * size))
-    entry, arrays = fit_camera(run["model"], size, channels, good, defective, target_far, confidence, guarantee,
-                               pixel_far or target_far, min_area)
-    entry["held_out"]["extra_left_out_trained"] = len(extra) - len(fresh)
-    entry["fitted_utc"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     out = Path(out or Path(run_dir) / "calibration.json")
     out.parent.mkdir(parents=True, exist_ok=True)
-    if plots:
-        entry["plots"] = write_report(out.parent, camera, entry, arrays)
-    doc = read_json(out) if out.is_file() else None
-    if doc is not None and doc.get("model", {}).get("checkpoint_sha256") != run["checkpoint_sha256"]:
-        raise ValueError(f"{out} was fitted for another model (checkpoint hash differs): write to a new --out")
-    doc = doc or {"format_version": CALIBRATION_FORMAT_VERSION, "kind": CALIBRATION_KIND,
-                  "model": {"run": str(Path(run_dir).resolve()), "kind": run["meta"]["kind"],
-                            "checkpoint_sha256": run["checkpoint_sha256"],
-                            "preprocess": run["meta"]["preprocess"]},
-                  "data_fingerprint": run["split_doc"]["data_fingerprint"], "cameras": {}}
-    doc["cameras"][camera] = entry
-    write_json(out, doc)
-    return doc
+    with tempfile.TemporaryDirectory(prefix="edge-calibrate-") as tmp:
+        scorer = EngineScorer(engine or export_for_calibration(run_dir, Path(tmp)))
+        checkpoint = read_json(Path(run_dir) / "metrics.json").get("checkpoint_sha256")
+        if checkpoint and scorer.manifest["checkpoint_sha256"] != checkpoint:
+            raise ValueError(f"{scorer.engine} was exported from another checkpoint than {run_dir}'s")
+        entry = fit_camera(scorer, good, defective, target_far, confidence, guarantee, pixel_far, min_region_area,
+                           out.parent if plots else None, camera)
+    entry["held_out"]["extra_left_out_trained"] = len(extra) - len(fresh)
+    model = {**model_section(scorer.manifest), "run": str(Path(run_dir).resolve())}
+    return write_calibration(out, camera, entry, model, {"data_fingerprint": split_doc["data_fingerprint"]})
 
 
 def report_lines(doc: dict, camera: str = DEFAULT_CAMERA) -> list[str]:
     e = doc["cameras"][camera]
     im, px = e["image"], e["pixel"]
-    lines = [f"camera {camera}: alert threshold {im['threshold']:.6g} (raw score)",
+    eng = e.get("engine") or {}
+    lines = [f"camera {camera}: alert threshold {im['threshold']:.6g} (raw score of {eng.get('file', '?')}, "
+             f"{eng.get('precision', '?')})",
              f"  {im['statement']}",
              f"  held-out good images: {im['n_good']}, flagged among them: {im['empirical_far']:.2%}",
              f"  pixel threshold {px['threshold']:.6g} (a good part shows a region with rate <= {px['target_far']:g}), "

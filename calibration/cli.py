@@ -1,4 +1,5 @@
-"""``edge-calibrate``: alert thresholds with a known false-alarm rate, from held-out good parts."""
+"""``edge-calibrate``: alert thresholds with a known false-alarm rate, from held-out good parts,
+fitted on the scores of the engine that ships (the edge's own backend computes them)."""
 from __future__ import annotations
 
 import argparse
@@ -7,7 +8,11 @@ from pathlib import Path
 
 EPILOG = """\
 examples:
-  # 5% false alarms at 95% confidence, from the run's held-out validation good images
+  # at the line (no torch): the engine that runs, a folder of good parts it never saw
+  edge-calibrate --engine model.plan --good /data/side-good --camera side --target-far 0.05
+  # with defective parts too: the miss rate the threshold costs is reported beside the FAR
+  edge-calibrate --engine model.onnx --good /data/good --defective /data/bad --target-far 0.05
+  # at training time: the run's held-out images, scored by the run's exported graph
   edge-calibrate --run runs/elpv-hybrid --target-far 0.05
   # 1% needs at least 299 held-out good images at 95% confidence: bring more
   edge-calibrate --run runs/elpv-hybrid --data /data/line3-heldout --target-far 0.01
@@ -23,7 +28,17 @@ ln(1 - c) / ln(1 - a) of them (a = 0.05: 59; 0.01: 299; 0.005: 598 at c = 0.95);
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="edge-calibrate", description=__doc__, epilog=EPILOG,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--run", type=Path, required=True, help="run directory (ae, scorer or hybrid)")
+    p.add_argument("--engine", type=Path, default=None,
+                   help="the engine to calibrate (model.onnx or model.plan, manifest beside it): its scores, "
+                        "computed by the edge's backend, are what the threshold is fitted on; needs --good "
+                        "unless --run gives the images")
+    p.add_argument("--good", type=Path, default=None, metavar="DIR",
+                   help="with --engine: a folder of good images the model never saw (all of them are used)")
+    p.add_argument("--defective", type=Path, default=None, metavar="DIR",
+                   help="with --engine: a folder of defective images, for the miss rate (nothing is fitted on them)")
+    p.add_argument("--run", type=Path, default=None,
+                   help="run directory (ae, scorer or hybrid): calibrate on its held-out images, scored by "
+                        "--engine or else by its graph exported now (what edge-export writes, byte for byte)")
     p.add_argument("--target-far", type=float, required=True,
                    help="false-alarm rate to allow on good parts, e.g. 0.01 for 1%%")
     p.add_argument("--confidence", type=float, default=0.95, help="confidence of the pac guarantee (default 0.95)")
@@ -37,7 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pixel-far", type=float, default=None,
                    help="rate of good parts allowed to show a defect region (default: --target-far)")
     p.add_argument("--min-region-area", type=int, default=None, help="smallest region in heatmap pixels")
-    p.add_argument("--out", type=Path, default=None, help="calibration file (default RUN/calibration.json)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="calibration file (default RUN/calibration.json, or calibration.json beside --engine)")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG report")
     p.add_argument("--int8", type=int, default=0, metavar="N",
                    help="also write the INT8 calibration set (int8_calibration.npz + .json) beside the calibration "
@@ -61,29 +77,55 @@ def write_int8_set(run_dir: Path, count: int, out_dir: Path) -> dict:
                                       spec=CalibrationSetSpec(count=count))
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    from calibration.calibrate import calibrate, report_lines
-    from calibration.thresholds import TooFewImagesError
+def check_arguments(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse option combinations that would calibrate on something else than asked."""
+    if args.run is None and args.engine is None:
+        p.error("give --engine MODEL --good DIR (at the line) or --run RUN (at training time)")
+    if args.run is None and args.good is None:
+        p.error("--engine needs --good DIR: a folder of good images the model never saw")
+    if args.run is not None and (args.good or args.defective):
+        p.error("--good/--defective go with --engine alone; with --run, add held-out images with --data")
+    if args.run is None and (args.data or args.int8):
+        p.error("--data and --int8 need --run (they read the run's split)")
+
+
+def run_calibration(args: argparse.Namespace) -> dict:
+    from calibration.calibrate import calibrate, calibrate_engine
+    common = dict(confidence=args.confidence, guarantee=args.guarantee, pixel_far=args.pixel_far,
+                  min_region_area=args.min_region_area, camera=args.camera, out=args.out, plots=not args.no_plots)
+    if args.run is None:
+        from calibration.images import folder_samples
+        defective = folder_samples(args.defective, 1) if args.defective else ()
+        return calibrate_engine(args.engine, folder_samples(args.good, 0), args.target_far, defective=defective,
+                                **common)
     from trainer.data import load_dataset
+    extra = load_dataset(args.data, args.layout).samples if args.data is not None else ()
+    return calibrate(args.run, args.target_far, extra=extra, engine=args.engine, **common)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    check_arguments(parser, args)
+    from calibration.calibrate import report_lines
+    from calibration.thresholds import TooFewImagesError
+    from edge.backends import BackendError
     try:
-        extra = load_dataset(args.data, args.layout).samples if args.data is not None else ()
-        doc = calibrate(args.run, args.target_far, confidence=args.confidence, guarantee=args.guarantee,
-                        pixel_far=args.pixel_far, min_region_area=args.min_region_area, extra=extra,
-                        camera=args.camera, out=args.out, plots=not args.no_plots)
-    except (TooFewImagesError, ValueError, FileNotFoundError) as e:
+        doc = run_calibration(args)
+    except (TooFewImagesError, ValueError, FileNotFoundError, BackendError) as e:
         print(f"edge-calibrate: error: {e}", file=sys.stderr)
         return 2
-    left_out = doc["cameras"][args.camera]["held_out"]["extra_left_out_trained"]
+    out = args.out or (args.run / "calibration.json" if args.run else args.engine.with_name("calibration.json"))
+    left_out = doc["cameras"][args.camera]["held_out"].get("extra_left_out_trained")
     if left_out:
         print(f"edge-calibrate: {left_out} image(s) of {args.data} were used in training and are left out",
               file=sys.stderr)
     print("\n".join(report_lines(doc, args.camera)))
     if args.int8:
-        info = write_int8_set(args.run, args.int8, (args.out or args.run / "calibration.json").parent)
+        info = write_int8_set(args.run, args.int8, out.parent)
         print(f"INT8 calibration set: {info['count']} good training images -> {info['npz']}"
               + (f" ({info['note']})" if info.get("note") else ""))
-    print(f"wrote {args.out or args.run / 'calibration.json'}")
+    print(f"wrote {out}")
     return 0
 
 

@@ -42,6 +42,13 @@ def to_model_input(frame: np.ndarray, size: int, channels: int) -> np.ndarray:
     return np.ascontiguousarray(resized.transpose(2, 0, 1), dtype=np.float32) / np.float32(255.0)
 
 
+def to_engine_input(pixels: np.ndarray) -> np.ndarray:
+    """uint8 model pixels (B, C, H, W) -> the float32 [0, 1] batch the engine takes. The score
+    stage and calibration both call this, so a threshold is fitted on the very numbers the
+    line computes."""
+    return pixels.astype(np.float32) * np.float32(1 / 255)
+
+
 # Camera pixel formats (GenICam PFNC names) -> the conversion to each model colour order.
 _CONVERSIONS = {
     ("BGR8", "RGB"): cv2.COLOR_BGR2RGB, ("BGR8", "GRAY"): cv2.COLOR_BGR2GRAY,

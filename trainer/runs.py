@@ -4,7 +4,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from trainer.artifacts import read_json, sha256_file
-from trainer.checkpoint import load_checkpoint
 from trainer.data import Sample, Split, load_dataset
 
 
@@ -12,13 +11,20 @@ class RunDirectoryError(FileNotFoundError):
     pass
 
 
-def open_run(run_dir: Path) -> dict:
-    """The run's model and metadata, or a clear error naming what is missing."""
+def check_run_directory(run_dir: Path) -> Path:
+    """``run_dir`` as a Path, or a clear error naming the files a finished run lacks."""
     run_dir = Path(run_dir)
     missing = [f for f in ("checkpoint.pt", "split.json", "metrics.json") if not (run_dir / f).is_file()]
     if missing:
         raise RunDirectoryError(f"{run_dir} is not a complete run directory: missing {', '.join(missing)} "
                                 f"(train it with edge-train first)")
+    return run_dir
+
+
+def open_run(run_dir: Path) -> dict:
+    """The run's model and metadata, or a clear error naming what is missing."""
+    run_dir = check_run_directory(run_dir)
+    from trainer.checkpoint import load_checkpoint   # torch: only where a model is loaded
     model, meta = load_checkpoint(run_dir / "checkpoint.pt")
     return {"dir": run_dir, "model": model, "meta": meta, "split_doc": read_json(run_dir / "split.json"),
             "checkpoint_sha256": sha256_file(run_dir / "checkpoint.pt")}
@@ -39,3 +45,10 @@ def run_samples(split_doc: dict, data_root: Path | None = None) -> tuple[list[Sa
                                 f"e.g. {missing[0]}: pass the data folder the run was trained on")
     return ([by_path[p] for p in split_doc["validation_good"]], Split.from_json(split_doc, dataset.root),
             dataset.root)
+
+
+def run_split(run_dir: Path, data_root: Path | None = None) -> tuple[dict, list[Sample], Split]:
+    """(split.json, validation good samples, split) of a run, without loading its model (no torch)."""
+    split_doc = read_json(check_run_directory(run_dir) / "split.json")
+    val_good, split, _ = run_samples(split_doc, data_root)
+    return split_doc, val_good, split

@@ -14,6 +14,7 @@ import zmq
 
 from edge.backends import BackendError, open_backend
 from edge.config import PipelineConfig
+from edge.preprocess import to_engine_input
 from edge.stages.base import Stage
 from edge.wire import MessageError, check_items, make_socket, pack
 
@@ -79,7 +80,7 @@ class ScoreStage(Stage):
         inputs = np.stack(pixels)
         t0 = time.perf_counter()
         try:
-            out = self.backend.infer(inputs.astype(np.float32) * np.float32(1 / 255))
+            out = self.backend.infer(to_engine_input(inputs))
         except BackendError as e:  # the engine failed on this batch: NotDecidable, not silence
             reason = f"engine error: {e}"
             self.metrics.inc("engine_errors")

@@ -6,22 +6,7 @@ import torch
 from torch import nn
 
 from trainer.evaluate import predict
-
-MAD_TO_STD = 1.4826  # MAD of a normal distribution x 1.4826 = its standard deviation
-
-
-def robust_center_scale(values: np.ndarray) -> tuple[float, float]:
-    """Median and 1.4826 * MAD; the standard deviation if the MAD is 0 (constant data)."""
-    v = np.asarray(values, dtype=np.float64).ravel()
-    if not np.isfinite(v).all():
-        raise ValueError(f"cannot fit the fusion: {int((~np.isfinite(v)).sum())} validation scores are not finite")
-    center = float(np.median(v))
-    scale = MAD_TO_STD * float(np.median(np.abs(v - center)))
-    if scale <= 0:
-        scale = float(v.std())
-    if not scale > 0:
-        raise ValueError("cannot fit the fusion: the validation scores are all equal")
-    return center, scale
+from trainer.robust import robust_center_scale  # one definition (re-exported by trainer.hybrid)
 
 
 def fit_fusion(members: dict[str, nn.Module], val_good: torch.Tensor, rule: str = "sum") -> dict:
