@@ -265,7 +265,7 @@ class Supervisor:
         for name, p in self.procs.items():   # the final incarnations' counters join the totals
             if name in self.snapshots and p.exitcode not in (None, 0):
                 self.retired.setdefault(name, []).append(self.snapshots.pop(name))
-        self.summary = run_summary(self.merged(), elapsed)
+        self.summary = run_summary(self.merged(), elapsed, restarted={n for n, t in self.restart_times.items() if t})
         self.summary["stage_pids"] = {name: p.pid for name, p in self.procs.items()}
         self.summary["restarts"] = {n: len(t) for n, t in self.restart_times.items()}
         return 1 if self.failed else 0
@@ -275,35 +275,81 @@ def _total(snapshot: dict | None, counter: str) -> int:
     return sum((snapshot or {}).get("counters", {}).get(counter, {}).values())
 
 
-def run_summary(snapshots: dict[str, dict], elapsed_s: float) -> dict:
+def _per_camera(snapshot: dict | None, counter: str) -> dict[str, int]:
+    return {cam: n for cam, n in (snapshot or {}).get("counters", {}).get(counter, {}).items() if cam}
+
+
+def frame_accounts(snapshots: dict[str, dict], capture_restarted: bool = False) -> dict[str, dict[str, int]]:
+    """Per camera: captured = judged + not_decidable + dropped + lost_in_restarts, always.
+
+    judged: OK + NotOK verdicts; not_decidable: NotDecidable verdicts of frames plus images the
+    capture stage could not deliver at all (bad_frames: each a part that passed unjudged);
+    dropped: counted by the stage that dropped it (each frame once); lost_in_restarts: inside a
+    stage process that died (not counted by anyone: the remainder).
+
+    A stage reports its counters twice a second, so a capture stage that died has under-reported
+    what it captured and sent. After a capture restart "captured" is therefore the largest of what
+    the capture stage reported and what came out of it downstream (preprocess received + capture
+    dropped; judged + not decidable + dropped): all lower bounds of the truth, so lost_in_restarts
+    is never negative. Without one, captured is the capture stage's own count (frames injected by
+    someone else into a later stage then show as a negative remainder: not ours)."""
+    cap, pre, alert = snapshots.get("capture"), snapshots.get("preprocess"), snapshots.get("alert")
+    verdicts = {v: _per_camera(alert, f"verdict_{v}") for v in ("OK", "NotOK", "NotDecidable")}
+    bad = _per_camera(cap, "bad_frames")
+    drops = [_per_camera(snap, "dropped") for snap in snapshots.values()]
+    cameras = set(_per_camera(cap, "frames_in")) | set(bad) | {c for d in verdicts.values() for c in d} | \
+        {c for d in drops for c in d}
+    out = {}
+    for cam in sorted(cameras):
+        judged = verdicts["OK"].get(cam, 0) + verdicts["NotOK"].get(cam, 0)
+        not_decidable = verdicts["NotDecidable"].get(cam, 0) + bad.get(cam, 0)
+        dropped = sum(d.get(cam, 0) for d in drops)
+        reported = _per_camera(cap, "frames_in").get(cam, 0) + bad.get(cam, 0)
+        seen_downstream = _per_camera(pre, "frames_in").get(cam, 0) + _per_camera(cap, "dropped").get(cam, 0) \
+            + bad.get(cam, 0)
+        captured = max(reported, seen_downstream, judged + not_decidable + dropped) if capture_restarted \
+            else reported
+        out[cam] = {"captured": captured, "judged": judged, "not_decidable": not_decidable, "dropped": dropped,
+                    "lost_in_restarts": captured - judged - not_decidable - dropped}
+    return out
+
+
+def run_summary(snapshots: dict[str, dict], elapsed_s: float, restarted: set[str] = frozenset()) -> dict:
     """The end-of-run figures: frames, verdicts, drops, frames/s, capture->alert latency."""
     alert = snapshots.get("alert")
     latency = (alert or {}).get("latency_ms", {}).get("latency_ms", {}).get("", {})
-    judged = sum(_total(alert, f"verdict_{v}") for v in ("OK", "NotOK", "NotDecidable"))
+    cameras = frame_accounts(snapshots, capture_restarted="capture" in restarted)
+    judged = sum(c["judged"] for c in cameras.values())
     out = {
-        "frames_captured": _total(snapshots.get("capture"), "frames_in"),
-        "frames_judged": judged,
+        "frames_captured": sum(c["captured"] for c in cameras.values()),
+        "frames_judged": judged,                      # OK + NotOK: a NotDecidable frame is not judged
+        "frames_not_decidable": sum(c["not_decidable"] for c in cameras.values()),
+        "frames_dropped": sum(c["dropped"] for c in cameras.values()),
+        "cameras": cameras,                           # the same, per camera
+        "camera_alerts": _total(alert, "camera_alerts"),   # blind cameras etc.: not frames
         "verdicts": {v: _total(alert, f"verdict_{v}") for v in ("OK", "NotOK", "NotDecidable")},
         "alerts_published": _total(alert, "alerts_published"),
         "dropped": {s: _total(snap, "dropped") for s, snap in snapshots.items() if _total(snap, "dropped")},
         "malformed": {s: _total(snap, "malformed") for s, snap in snapshots.items() if _total(snap, "malformed")},
         "elapsed_s": round(elapsed_s, 3),
-        "frames_per_s": round(judged / elapsed_s, 2) if elapsed_s > 0 else None,
+        "frames_per_s": round((judged + sum(c["not_decidable"] for c in cameras.values())) / elapsed_s, 2)
+        if elapsed_s > 0 else None,
         "latency_ms_p50": latency.get("p50"),
         "latency_ms_p99": latency.get("p99"),
     }
-    # Every captured frame is judged, or dropped (counted where), or was inside a stage that died.
-    out["frames_lost_in_restarts"] = out["frames_captured"] - judged - sum(out["dropped"].values())
+    # Every captured frame is judged, not decidable, dropped (counted where), or was inside a stage that died.
+    out["frames_lost_in_restarts"] = sum(c["lost_in_restarts"] for c in cameras.values())
     return out
 
 
 def print_summary(s: dict) -> None:
     v = s["verdicts"]
-    print(f"edge-run: {s['frames_judged']} frames judged of {s['frames_captured']} captured in {s['elapsed_s']:.1f} s "
-          f"({s['frames_per_s']} frames/s): {v['NotOK']} defect(s) flagged, {v['OK']} OK, "
-          f"{v['NotDecidable']} not decidable; capture->alert latency p50 "
+    print(f"edge-run: {s['frames_captured']} frames captured in {s['elapsed_s']:.1f} s ({s['frames_per_s']} frames/s): "
+          f"{s['frames_judged']} frames judged ({v['NotOK']} defect(s) flagged, {v['OK']} OK), "
+          f"{s['frames_not_decidable']} not decidable, {s['frames_dropped']} dropped, "
+          f"{s['frames_lost_in_restarts']} lost in restarts; capture->alert latency p50 "
           f"{_ms(s['latency_ms_p50'])} p99 {_ms(s['latency_ms_p99'])}; "
-          f"dropped {sum(s['dropped'].values())}, malformed {sum(s['malformed'].values())}", flush=True)
+          f"dropped per stage {s['dropped'] or 0}, malformed {sum(s['malformed'].values())}", flush=True)
     if s.get("restarts"):
         print(f"edge-run: stage restarts {s['restarts']}; frames lost inside the stages that died: "
               f"{s['frames_lost_in_restarts']}", flush=True)
@@ -448,7 +494,8 @@ def config_from_args(a: argparse.Namespace) -> tuple[PipelineConfig, list[str]]:
 
 
 def check_start(manifest: dict, a: argparse.Namespace, stages: list[str]) -> None:
-    """Refuse, before any process starts, a camera without calibration and a --roi for no camera."""
+    """Refuse, before any process starts, a camera without calibration, a calibration fitted on
+    another engine and a --roi for no camera; warn loudly where the calibration is unverified."""
     from edge.rules import camera_rules, check_cameras, check_rois
     cameras = [parse_source(t, i).camera for i, t in enumerate(a.source)]
     if a.source:
@@ -457,6 +504,10 @@ def check_start(manifest: dict, a: argparse.Namespace, stages: list[str]) -> Non
         rules = camera_rules(manifest, a.threshold)
         if cameras:
             check_cameras(rules, cameras)
+        if a.threshold is None:   # with --threshold the operator has taken the thresholds over
+            from edge.calibration_provenance import check_calibrated_engine
+            for warning in check_calibrated_engine(manifest):
+                log.warning("CALIBRATION NOT CHECKED FOR THIS ENGINE: %s", warning)
 
 
 # hop -> (the stage that connects and sends, the stage that binds and receives)

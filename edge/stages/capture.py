@@ -12,6 +12,15 @@ A camera that sees nothing is never silence on the line: a live camera that neve
 that stops delivering; and while it stays blind (failed reopens) the report is repeated every
 BLIND_REPEAT_S seconds (:class:`BlindCameras`). The alert stage publishes each report as a
 NotDecidable alert with frame_seq -1.
+
+Frame accounting, per camera: ``frames_in`` counts frames read, ``bad_frames`` images the
+reader could not deliver at all (each one a part that passes unjudged: a NotDecidable in
+the summary), ``dropped`` frames this stage could not pass on, each counted once.
+
+Frame sizes may change (a folder of mixed images, a camera switching resolution): a frame
+that does not fit the camera's ring gets a new, larger ring, and the old one is *retired*,
+not closed: frames already sent still point into it. A retired ring is closed once the
+reader has released every slot of it (or after RETIRED_RING_MAX_S, when nothing will).
 """
 from __future__ import annotations
 
@@ -27,6 +36,8 @@ from edge.stages.base import Stage, log
 from edge.wire import make_socket, pack
 
 SEND_HWM = 16
+RETIRED_RING_MAX_S = 60.0   # a retired ring whose frames were never released is closed after this
+RING_GROWTH = 1.5           # a ring that must grow grows by at least this factor: few rings for mixed sizes
 BLIND_REPEAT_S = PipelineConfig.blind_repeat_s   # reports repeat this often while blind (docs/pipeline.md)
 
 
@@ -91,18 +102,46 @@ class CaptureStage(Stage):
         # each camera's frames and the final end-of-stream in order.
         self.lock = threading.Lock()
         self.rings: dict[str, FrameRing] = {}
+        self.retired: dict[str, list[tuple[FrameRing, float]]] = {}   # camera -> (ring, when retired)
+        self._bad_counted: dict[str, int] = {}
         self.blind = BlindCameras(cfg.blind_repeat_s)
         self.readers = [CameraReader(s, self.on_frame, self.on_event, loop=cfg.loop,
                                      stall_timeout_s=cfg.stall_timeout_s, fps_limit=cfg.fps_limit)
                         for s in self.specs]
 
     def ring_for(self, camera: str, nbytes: int) -> FrameRing:
+        """The camera's ring, grown when a frame does not fit (called from the camera's thread)."""
+        self.close_released_rings(camera)
         ring = self.rings.get(camera)
         if ring is None or ring.slot_bytes < nbytes:  # first frame, or the camera's size grew
-            if ring is not None:
-                ring.close()
-            ring = self.rings[camera] = FrameRing.create(camera, self.cfg.ring_slots, nbytes)
+            size = nbytes if ring is None else max(nbytes, int(ring.slot_bytes * RING_GROWTH))
+            new = FrameRing.create(camera, self.cfg.ring_slots, size)
+            if ring is not None:   # frames in flight still point into it: retire, do not close
+                self.retired.setdefault(camera, []).append((ring, time.monotonic()))
+            ring = self.rings[camera] = new
         return ring
+
+    def close_released_rings(self, camera: str, force: bool = False) -> None:
+        keep = []
+        for ring, since in self.retired.get(camera, []):
+            if force or bool((ring.released >= ring.gen).all()) or time.monotonic() - since > RETIRED_RING_MAX_S:
+                ring.close()
+            else:
+                keep.append((ring, since))
+        self.retired[camera] = keep
+
+    def all_rings(self) -> list[FrameRing]:
+        return list(self.rings.values()) + [r for rings in self.retired.values() for r, _ in rings]
+
+    def count_bad_frames(self) -> None:
+        """Images a reader could not deliver (bad_frame) are frames too: counted, per camera, exactly
+        (the reader's bad_frame *events* are rate-limited on streams; its stats are not)."""
+        for r in self.readers:
+            n = int(r.stats["bad_frames"])
+            new = n - self._bad_counted.get(r.camera, 0)
+            if new > 0:
+                self.metrics.inc("bad_frames", r.camera, n=new)
+                self._bad_counted[r.camera] = n
 
     def on_frame(self, camera: str, seq: int, frame, pixel_format: str, mono: float, wall: float) -> None:
         self.metrics.inc("frames_in", camera)
@@ -126,6 +165,8 @@ class CaptureStage(Stage):
             self.metrics.inc("frames_out", camera)
         else:
             self.metrics.inc("dropped", camera)
+            if not self.cfg.frames_inline:   # nobody will read that slot: free it, so that
+                ring.release(slot, gen)      # overwriting it later is not counted a second time
 
     def on_event(self, camera: str, event: str, detail: str) -> None:
         self.metrics.inc(f"event_{event}", camera)
@@ -152,22 +193,24 @@ class CaptureStage(Stage):
                 time.sleep(0.05)
                 for camera, detail in self.blind.due():   # still blind: the line is told again
                     self.send_event(camera, "blind", detail)
+                self.count_bad_frames()
                 self.report()
         finally:
             for r in self.readers:
                 r.stop()
+            self.count_bad_frames()
             with self.lock:
                 self.end_stream(self.out)
             self.wait_for_readers(timeout_s=30.0 if self.cfg.no_drop else 1.0)
             self.close()
-            for ring in self.rings.values():
+            for ring in self.all_rings():
                 ring.close()
 
     def wait_for_readers(self, timeout_s: float) -> None:
         """Keep the rings until preprocess has released every frame it was sent (bounded)."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline and not self.orphaned():
-            if all((r.released >= r.gen).all() for r in self.rings.values()):
+            if all((r.released >= r.gen).all() for r in self.all_rings()):
                 return
             time.sleep(0.01)
 

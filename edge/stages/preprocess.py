@@ -41,6 +41,7 @@ class PreprocessStage(Stage):
         self.max_batch = min(int(cfg.max_batch or spec["max_batch"]), int(spec["max_batch"]))
         self.rois = {cam: tuple(int(v) for v in roi) for cam, roi in cfg.rois.items()}
         self.rings: dict[str, FrameRing] = {}
+        self.ring_of_camera: dict[str, str] = {}   # camera -> the ring path its latest frame came in
         self.warned_conversion: set[tuple[str, str]] = set()
         self.inp = make_socket(self.ctx, zmq.PULL, hwm=RECV_HWM)
         self.bind(self.inp, cfg.frames_addr)
@@ -60,6 +61,14 @@ class PreprocessStage(Stage):
         ring = self.rings.get(path)
         if ring is None:
             ring = self.rings[path] = FrameRing.attach(path)
+        camera = field(header, "camera", str)
+        old = self.ring_of_camera.get(camera)
+        if old != path:
+            # One capture process sends a camera's frames in order on one socket: once a frame of
+            # its new ring arrives, no frame of the old one is still to come. Unmap it.
+            self.ring_of_camera[camera] = path
+            if old is not None and old in self.rings:
+                self.rings.pop(old).close()
         return ring.view(slot, gen, shape), (ring, slot, gen)
 
     def prepare(self, header: dict, arrays: list) -> tuple[dict, np.ndarray | None, str | None]:

@@ -37,7 +37,9 @@ def test_a_killed_score_stage_is_restarted_and_every_frame_is_accounted_for(tmp_
     # every captured frame is judged, or dropped and counted, or was lost inside the dead stage
     dropped = sum(summary["dropped"].values())
     lost = summary["frames_lost_in_restarts"]
-    assert summary["frames_judged"] + dropped + lost == summary["frames_captured"]
+    assert summary["frames_judged"] + summary["frames_not_decidable"] + dropped + lost == summary["frames_captured"]
+    for cam, c in summary["cameras"].items():   # and per camera
+        assert c["judged"] + c["not_decidable"] + c["dropped"] + c["lost_in_restarts"] == c["captured"], cam
     assert 0 <= lost <= 64                      # at most what a stage holds: its queue and one batch
     print(f"\nscore killed: captured {summary['frames_captured']}, judged {summary['frames_judged']}, "
           f"dropped {dropped} (counted), lost in the dead stage {lost}")
