@@ -10,7 +10,8 @@ STAGES = ("capture", "preprocess", "score", "alert")
 
 def local_endpoints() -> dict[str, str]:
     """ipc:// endpoints in a private temporary folder, for stages that share a host."""
-    d = tempfile.mkdtemp(prefix="edge-run-")
+    # the pid in the name lets a later start remove the folder of a run that was killed (edge/leftovers.py)
+    d = tempfile.mkdtemp(prefix=f"edge-run-{os.getpid()}-")
     return {name: f"ipc://{os.path.join(d, name)}" for name in ("frames", "batches", "scored", "metrics")}
 
 

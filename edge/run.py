@@ -28,11 +28,12 @@ import zmq
 from edge.backends import BackendError
 from edge.config import STAGES, PipelineConfig, local_endpoints
 from edge.frame_ring import remove_stale_rings
+from edge.leftovers import remove_dead_owners, remove_ipc_dir
 from edge.manifest import ManifestError, load_manifest
 from edge.metrics import MetricsServer, format_summary
 from edge.rules import RulesError, parse_threshold
 from edge.security import CurveConfig, SecurityError, add_curve_arguments, insecure_warning
-from edge.sources import parse_source
+from edge.sources import parse_source, parse_sources
 from edge.stages.base import decode_snapshot
 from edge.wire import MessageError, make_socket, unpack
 
@@ -86,7 +87,7 @@ class Supervisor:
 
     def __init__(self, cfg: PipelineConfig, stages: list[str], print_every: float, metrics_port: int | None,
                  duration: float | None, quiet: bool, heartbeat_timeout_s: float = 15.0,
-                 max_restarts: int = 5, restart_window_s: float = 300.0) -> None:
+                 max_restarts: int = 5, restart_window_s: float = 300.0, metrics_host: str = "0.0.0.0") -> None:
         self.cfg, self.stages, self.print_every, self.duration, self.quiet = cfg, stages, print_every, duration, quiet
         self.heartbeat_timeout_s, self.max_restarts, self.restart_window_s = \
             heartbeat_timeout_s, max_restarts, restart_window_s
@@ -102,7 +103,9 @@ class Supervisor:
         self.restart_times: dict[str, list[float]] = {}
         self.stop_requested = False
         self.failed: str | None = None
-        self.server = MetricsServer(metrics_port, self.exported) if metrics_port is not None else None
+        self.capture_pids: list[int] = []
+        self.server = MetricsServer(metrics_port, self.exported, host=metrics_host) \
+            if metrics_port is not None else None
         self.started = time.monotonic()
 
     # -- stage processes ------------------------------------------------------------------------------
@@ -113,6 +116,8 @@ class Supervisor:
                                             daemon=True)
         p.start()
         self.procs[name] = p
+        if name == "capture":
+            self.capture_pids.append(p.pid)   # each incarnation's rings are removed at the end
         # A stage reports twice a second once running; loading an engine may take a while first.
         self.last_seen[name] = time.monotonic() + STARTUP_GRACE_S
 
@@ -215,18 +220,24 @@ class Supervisor:
             if p.is_alive():
                 p.kill()
 
+    def capture_started(self) -> bool:
+        return "capture" in self.procs or "capture" not in self.stages
+
     def finished(self) -> bool:
         if not self.procs or self.restart_at or any(p.exitcode is None for p in self.procs.values()):
             return False
         return self.stop_requested or "capture" in self.procs or "capture" not in self.stages
 
     # -- the loop -------------------------------------------------------------------------------------
+    def start_metrics(self) -> None:
+        """Serve /metrics; before any stage starts, so that a port in use is refused at once (OSError)."""
+        if self.server:
+            self.server.start()
+            log.info("metrics on http://%s:%d/metrics", self.server.host, self.server.port)
+
     def run(self) -> int:
         signal.signal(signal.SIGINT, self.request_stop)
         signal.signal(signal.SIGTERM, self.request_stop)
-        if self.server:
-            self.server.start()
-            log.info("metrics on http://127.0.0.1:%d/metrics", self.server.port)
         # Downstream first; capture only once every local stage is ready (engine loaded,
         # subscribers joined), so the first frames are not lost to a stage still starting.
         for name in reversed(self.stages):
@@ -246,7 +257,10 @@ class Supervisor:
             if self.stop_requested and stopping_since is None:
                 stopping_since = now
                 self.restart_at.clear()
-                self.stop_capture()
+                if self.capture_started():
+                    self.stop_capture()
+                else:   # nothing was captured, so nothing is in flight: stop every stage now
+                    self.terminate_all()
             if stopping_since is not None and now - stopping_since > STOP_GRACE_S:
                 self.terminate_all()
             if not self.quiet and now - last_print >= self.print_every and self.snapshots:
@@ -257,17 +271,20 @@ class Supervisor:
         elapsed = time.monotonic() - self.started
         for p in self.procs.values():
             p.join(1)
-        if "capture" in self.procs:   # a capture stage that was killed cannot remove its rings itself
-            remove_stale_rings(self.procs["capture"].pid)
+        for pid in self.capture_pids:   # a capture stage that was killed cannot remove its rings itself
+            remove_stale_rings(pid)
         if self.server:
             self.server.close()
         self.ctx.destroy(linger=0)
+        remove_ipc_dir(self.cfg.metrics_addr)   # the private ipc:// folder of this run
         for name, p in self.procs.items():   # the final incarnations' counters join the totals
             if name in self.snapshots and p.exitcode not in (None, 0):
                 self.retired.setdefault(name, []).append(self.snapshots.pop(name))
         self.summary = run_summary(self.merged(), elapsed, restarted={n for n, t in self.restart_times.items() if t})
         self.summary["stage_pids"] = {name: p.pid for name, p in self.procs.items()}
         self.summary["restarts"] = {n: len(t) for n, t in self.restart_times.items()}
+        self.summary["capture_started"] = self.capture_started()
+        self.summary["failed_stage"] = self.failed
         return 1 if self.failed else 0
 
 
@@ -343,6 +360,11 @@ def run_summary(snapshots: dict[str, dict], elapsed_s: float, restarted: set[str
 
 
 def print_summary(s: dict) -> None:
+    if not s.get("capture_started", True):   # not "0 frames in 26 s": say that it never started, and why
+        why = f"the {s['failed_stage']} stage cannot run (its error is above)" if s.get("failed_stage") \
+            else "stopped before every stage was ready"
+        print(f"edge-run: the pipeline did not start: {why}; no frame was captured", flush=True)
+        return
     v = s["verdicts"]
     print(f"edge-run: {s['frames_captured']} frames captured in {s['elapsed_s']:.1f} s ({s['frames_per_s']} frames/s): "
           f"{s['frames_judged']} frames judged ({v['NotOK']} defect(s) flagged, {v['OK']} OK), "
@@ -368,6 +390,29 @@ def parse_roi(text: str) -> tuple[str, list[int]]:
     if x < 0 or y < 0 or w <= 0 or h <= 0:
         raise argparse.ArgumentTypeError(f"--roi {text!r}: x, y must be >= 0 and w, h > 0")
     return camera, [x, y, w, h]
+
+
+def _number(kind, minimum, inclusive: bool, what: str):
+    """An argparse type: a finite number of ``kind`` at least (or above) ``minimum``. Nonsense such
+    as --max-batch 0 or --heartbeat-timeout 0 (a stage killed as hung at once, forever) is refused
+    with the rule, never coerced."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+        if value != value or value in (float("inf"), float("-inf")) or \
+                (value < minimum if inclusive else value <= minimum):
+            raise argparse.ArgumentTypeError(f"{text!r}: must be {what}")
+        return value
+    return parse
+
+
+positive_seconds = _number(float, 0, False, "a positive number of seconds")
+positive_int = _number(int, 1, True, "a whole number of 1 or more")
+count_from_zero = _number(int, 0, True, "a whole number of 0 or more")
+positive_rate = _number(float, 0, False, "a positive rate (frames per second)")
+positive_amount = _number(float, 0, False, "a positive number")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -401,10 +446,10 @@ reopened with back-off and reported as a NotDecidable alert ("camera blind")."""
                    help="crop this camera's frames to the part before resizing (repeatable)")
     p.add_argument("--loop", action="store_true", help="file sources start over at their end instead of ending the run")
     p.add_argument("--no-drop", action="store_true", help="process every frame (file sources wait for the pipeline)")
-    p.add_argument("--stall-timeout", type=float, default=5.0, metavar="S",
+    p.add_argument("--stall-timeout", type=positive_seconds, default=5.0, metavar="S",
                    help="a live camera silent for S seconds is reported blind and reopened (default 5)")
-    p.add_argument("--fps", type=float, default=None, help="pace file sources like a camera at this frame rate")
-    p.add_argument("--max-batch", type=int, default=None, help="frames per engine call (default: the engine's max)")
+    p.add_argument("--fps", type=positive_rate, default=None, help="pace file sources like a camera at this frame rate")
+    p.add_argument("--max-batch", type=positive_int, default=None, help="frames per engine call (default: the engine's max)")
     p.add_argument("--publish", choices=["all", "defects"], default="all",
                    help="publish an alert for every verdict, or only NotOK / NotDecidable (default all)")
     p.add_argument("--thumbnails", choices=["all", "defects", "none"], default="defects",
@@ -414,36 +459,40 @@ reopened with back-off and reported as a NotDecidable alert ("camera blind")."""
     p.add_argument("--node-id", default="", help="this node's name in alerts (default: host name)")
     p.add_argument("--alerts-addr", default="tcp://127.0.0.1:5560",
                    help="where the alert PUB socket binds (default tcp://127.0.0.1:5560; tcp://0.0.0.0:5560 for the plant)")
-    p.add_argument("--wait-subscribers", type=int, default=0, metavar="N",
+    p.add_argument("--wait-subscribers", type=count_from_zero, default=0, metavar="N",
                    help="hold the frames until N alert subscribers have joined (at most 10 s)")
     p.add_argument("--journal", default="", metavar="FILE",
                    help="the alert journal: every alert is written to this SQLite file before it is published "
                         "and replayed from it to subscribers that missed it (default: alerts-<node>-<port>.sqlite "
                         "in $STATE_DIRECTORY, else $XDG_STATE_HOME/edge-inspect or ~/.local/state/edge-inspect)")
-    p.add_argument("--journal-max-alerts", type=int, default=100_000, metavar="N",
+    p.add_argument("--journal-max-alerts", type=positive_int, default=100_000, metavar="N",
                    help="keep at most the newest N alerts in the journal (default 100000)")
-    p.add_argument("--journal-max-days", type=float, default=7.0, metavar="D",
+    p.add_argument("--journal-max-days", type=positive_amount, default=7.0, metavar="D",
                    help="forget journaled alerts older than D days (default 7)")
-    p.add_argument("--journal-max-mb", type=float, default=1024.0, metavar="MB",
+    p.add_argument("--journal-max-mb", type=positive_amount, default=1024.0, metavar="MB",
                    help="keep at most MB megabytes of alerts (thumbnails included) in the journal (default 1024)")
     p.add_argument("--replay-addr", default="", metavar="ADDR",
                    help="where the replay endpoint (ZeroMQ ROUTER) binds (default: the --alerts-addr port + 1)")
-    p.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus metrics on this HTTP port")
-    p.add_argument("--print-every", type=float, default=5.0, metavar="S", help="print metrics every S seconds")
-    p.add_argument("--duration", type=float, default=None, metavar="S", help="stop cleanly after S seconds")
+    p.add_argument("--metrics-port", type=_number(int, 1, True, "a TCP port (1-65535)"), default=None,
+                   help="serve Prometheus metrics on this HTTP port")
+    p.add_argument("--metrics-bind", default="0.0.0.0", metavar="HOST",
+                   help="the address the metrics endpoint binds (default 0.0.0.0: every interface; plain HTTP, "
+                        "so give the management network's address, or 127.0.0.1 for local scraping only)")
+    p.add_argument("--print-every", type=positive_seconds, default=5.0, metavar="S", help="print metrics every S seconds")
+    p.add_argument("--duration", type=positive_seconds, default=None, metavar="S", help="stop cleanly after S seconds")
     p.add_argument("--stages", default=",".join(STAGES), help="the stages this process runs (default: all four)")
     for hop in ("frames", "batches", "scored"):
         p.add_argument(f"--{hop}-addr", default="", metavar="ADDR",
                        help=f"ZeroMQ endpoint of the {hop} hop (default: private ipc:// when the stages share this host)")
     p.add_argument("--frames-inline", action="store_true",
                    help="send pixels over the frames socket (capture on another host) instead of shared memory")
-    p.add_argument("--upstreams", type=int, default=1, help="capture processes feeding this preprocess stage")
+    p.add_argument("--upstreams", type=positive_int, default=1, help="capture processes feeding this preprocess stage")
     p.add_argument("--simulated", action="store_true", help="mark alerts as simulated (demos, commissioning)")
     p.add_argument("--summary-json", type=Path, default=None, help="also write the end-of-run summary here")
     p.add_argument("--quiet", action="store_true", help="no periodic metrics lines")
-    p.add_argument("--heartbeat-timeout", type=float, default=15.0, metavar="S",
+    p.add_argument("--heartbeat-timeout", type=positive_seconds, default=15.0, metavar="S",
                    help="a stage silent for S seconds is killed as hung and restarted (default 15)")
-    p.add_argument("--max-restarts", type=int, default=5, metavar="N",
+    p.add_argument("--max-restarts", type=count_from_zero, default=5, metavar="N",
                    help="restarts of one stage within 5 minutes before edge-run gives up (default 5)")
     add_curve_arguments(p, server=True, client=True)
     return p
@@ -456,11 +505,11 @@ def config_from_args(a: argparse.Namespace) -> tuple[PipelineConfig, list[str]]:
         raise SystemExit(f"edge-run: --stages {a.stages!r}: choose from {', '.join(STAGES)}")
     if "capture" in stages and not a.source:
         raise SystemExit("edge-run: give at least one --source (a video file, image folder, device index or URL)")
-    for i, text in enumerate(a.source):
-        try:
-            spec = parse_source(text, i)
-        except ValueError as e:
-            raise SystemExit(f"edge-run: {e}")
+    try:   # parse_sources also refuses two sources with one camera id (they would share a ring)
+        specs = parse_sources(a.source)
+    except ValueError as e:
+        raise SystemExit(f"edge-run: {e}")
+    for text, spec in zip(a.source, specs):
         if not spec.live and not Path(spec.target).exists():
             raise SystemExit(f"edge-run: source {text!r}: {spec.target} does not exist")
     try:
@@ -489,7 +538,11 @@ def config_from_args(a: argparse.Namespace) -> tuple[PipelineConfig, list[str]]:
         is_simulated=a.simulated, journal_path=a.journal, journal_max_alerts=a.journal_max_alerts,
         journal_max_age_s=a.journal_max_days * 86400.0, journal_max_bytes=int(a.journal_max_mb * (1 << 20)),
         replay_addr=a.replay_addr)
-    configure_curve(cfg, a, stages)
+    try:
+        configure_curve(cfg, a, stages)
+    except SystemExit:
+        remove_ipc_dir(cfg.metrics_addr)
+        raise
     return cfg, [s for s in STAGES if s in stages]
 
 
@@ -536,9 +589,18 @@ def configure_curve(cfg: PipelineConfig, a: argparse.Namespace, stages: list[str
 def main(argv: list[str] | None = None) -> int:
     a = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s supervisor %(levelname)s %(message)s")
+    remove_dead_owners()   # frame rings and ipc folders of pipelines that were killed
     cfg, stages = config_from_args(a)
     sup = Supervisor(cfg, stages, a.print_every, a.metrics_port, a.duration, a.quiet,
-                     heartbeat_timeout_s=a.heartbeat_timeout, max_restarts=a.max_restarts)
+                     heartbeat_timeout_s=a.heartbeat_timeout, max_restarts=a.max_restarts,
+                     metrics_host=a.metrics_bind)
+    try:
+        sup.start_metrics()
+    except OSError as e:   # a port in use, a bad --metrics-bind: one line, not a traceback
+        print(f"edge-run: {e.strerror or e} (--metrics-port / --metrics-bind)", file=sys.stderr, flush=True)
+        sup.ctx.destroy(linger=0)
+        remove_ipc_dir(cfg.metrics_addr)
+        return CONFIG_ERROR_EXIT
     code = sup.run()
     print_summary(sup.summary)
     if a.summary_json:

@@ -74,10 +74,37 @@ def test_kill_9_of_a_stage_keeps_the_frame_invariant(tmp_path, stage):
     from tests.edge.test_supervision import stage_pid
     run = Run(tmp_path, "--source", str(IMAGES), "--loop", "--fps", "25", "--threshold", "1e9", "--duration", "9")
     run.collect_until(lambda r: len(r.alerts) >= 25, 40)
-    os.kill(stage_pid(run, stage), signal.SIGKILL)
+    killed = stage_pid(run, stage)
+    os.kill(killed, signal.SIGKILL)
     summary = run.finish(timeout=90)
     assert summary["restarts"] == {stage: 1}, run.tail()
     assert_frames_balance(summary)
     c = summary["cameras"]["cam0"]
     assert c["judged"] > 25 and c["lost_in_restarts"] <= 64, c     # at most a stage's queue and one batch
-    assert not list(SHM_DIR.glob(f"edge-inspect-{summary['stage_pids']['capture']}-*"))
+    for pid in (killed, summary["stage_pids"]["capture"]):   # the dead incarnation's rings too
+        assert not list(SHM_DIR.glob(f"edge-inspect-{pid}-*")), pid
+
+
+def test_kill_9_of_the_whole_group_leaves_nothing_after_the_next_start(tmp_path):
+    """SIGKILL of every process at once (an OOM kill of the cgroup, systemctl kill): nobody cleans
+    up, so the next start removes the dead run's frame rings and ipc folder."""
+    import tempfile
+    from tests.edge.test_supervision import stage_pid
+    run = Run(tmp_path, "--source", str(IMAGES), "--loop", "--fps", "25", "--threshold", "1e9")
+    run.collect_until(lambda r: len(r.alerts) >= 10, 40)
+    capture, supervisor = stage_pid(run, "capture"), run.proc.pid
+    assert list(SHM_DIR.glob(f"edge-inspect-{capture}-*"))
+    os.killpg(run.proc.pid, signal.SIGKILL)
+    run.proc.wait(10)
+    run.sub.close()
+    deadline = time.monotonic() + 10
+    while os.path.exists(f"/proc/{capture}") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert list(SHM_DIR.glob(f"edge-inspect-{capture}-*")) and \
+        list(Path(tempfile.gettempdir()).glob(f"edge-run-{supervisor}-*")), "the kill left them (the test's premise)"
+    again = Run(tmp_path, "--source", str(IMAGES), "--no-drop", "--threshold", "1e9")
+    summary = again.finish(timeout=90)
+    assert not list(SHM_DIR.glob(f"edge-inspect-{capture}-*"))
+    assert not list(Path(tempfile.gettempdir()).glob(f"edge-run-{supervisor}-*"))
+    assert "removed what dead pipelines left behind" in again.output
+    assert_frames_balance(summary)
