@@ -151,16 +151,26 @@ def write_calibration(out: Path, camera: str, entry: dict, model: dict, extra: d
 def calibrate_engine(engine: Path, good: Sequence[Sample], target_far: float, *, defective: Sequence[Sample] = (),
                      confidence: float = 0.95, guarantee: str = "pac", pixel_far: float | None = None,
                      min_region_area: int | None = None, camera: str = DEFAULT_CAMERA, out: Path | None = None,
-                     plots: bool = True) -> dict:
+                     plots: bool = True, update: Path | None = None) -> dict:
     """Calibrate one camera on ``engine``'s scores of ``good`` (and ``defective``) images; write
-    ``out`` (default: calibration.json beside the engine). The caller vouches that the images
-    are held out (the engine does not know what it was trained on)."""
+    ``out`` (default: calibration.json beside the engine), or with ``update`` (the engine's
+    manifest) replace the camera's entry there (calibration/manifest_update.py; ``out`` is then
+    written only when given). Returns the calibration document. The caller vouches that the
+    images are held out (the engine does not know what it was trained on)."""
     scorer = EngineScorer(engine)
-    out = Path(out or Path(engine).with_name("calibration.json"))
-    out.parent.mkdir(parents=True, exist_ok=True)
+    report_dir = Path(out).parent if out else Path(engine).parent
     entry = fit_camera(scorer, list(good), list(defective), target_far, confidence, guarantee, pixel_far,
-                       min_region_area, out.parent if plots else None, camera)
-    return write_calibration(out, camera, entry, model_section(scorer.manifest))
+                       min_region_area, report_dir if plots else None, camera)
+    model = model_section(scorer.manifest)
+    doc = None
+    if update is not None:
+        from calibration.manifest_update import update_manifest
+        doc = update_manifest(engine, camera, entry, model, update)["calibration"]
+    if out is not None or update is None:
+        out = Path(out or Path(engine).with_name("calibration.json"))
+        out.parent.mkdir(parents=True, exist_ok=True)
+        doc = write_calibration(out, camera, entry, model)
+    return doc
 
 
 def export_for_calibration(run_dir: Path, folder: Path) -> Path:

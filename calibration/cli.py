@@ -54,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-region-area", type=int, default=None, help="smallest region in heatmap pixels")
     p.add_argument("--out", type=Path, default=None,
                    help="calibration file (default RUN/calibration.json, or calibration.json beside --engine)")
+    p.add_argument("--update", type=Path, default=None, metavar="MANIFEST",
+                   help="with --engine: replace this camera's entry in the engine's manifest (ENGINE.manifest.json), "
+                        "the old entry kept in its history; edge-run applies it when restarted")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG report")
     p.add_argument("--int8", type=int, default=0, metavar="N",
                    help="also write the INT8 calibration set (int8_calibration.npz + .json) beside the calibration "
@@ -85,6 +88,8 @@ def check_arguments(p: argparse.ArgumentParser, args: argparse.Namespace) -> Non
         p.error("--engine needs --good DIR: a folder of good images the model never saw")
     if args.run is not None and (args.good or args.defective):
         p.error("--good/--defective go with --engine alone; with --run, add held-out images with --data")
+    if args.update is not None and (args.engine is None or args.run is not None):
+        p.error("--update goes with --engine (the engine whose manifest it is), without --run")
     if args.run is None and (args.data or args.int8):
         p.error("--data and --int8 need --run (they read the run's split)")
 
@@ -97,7 +102,7 @@ def run_calibration(args: argparse.Namespace) -> dict:
         from calibration.images import folder_samples
         defective = folder_samples(args.defective, 1) if args.defective else ()
         return calibrate_engine(args.engine, folder_samples(args.good, 0), args.target_far, defective=defective,
-                                **common)
+                                update=args.update, **common)
     from trainer.data import load_dataset
     extra = load_dataset(args.data, args.layout).samples if args.data is not None else ()
     return calibrate(args.run, args.target_far, extra=extra, engine=args.engine, **common)
@@ -112,10 +117,11 @@ def main(argv: list[str] | None = None) -> int:
     from edge.backends import BackendError
     try:
         doc = run_calibration(args)
-    except (TooFewImagesError, ValueError, FileNotFoundError, BackendError) as e:
+    except (TooFewImagesError, ValueError, FileNotFoundError, BackendError) as e:   # ManifestError, RulesError too
         print(f"edge-calibrate: error: {e}", file=sys.stderr)
         return 2
-    out = args.out or (args.run / "calibration.json" if args.run else args.engine.with_name("calibration.json"))
+    out = args.out or (args.run / "calibration.json" if args.run else
+                       args.update if args.update else args.engine.with_name("calibration.json"))
     left_out = doc["cameras"][args.camera]["held_out"].get("extra_left_out_trained")
     if left_out:
         print(f"edge-calibrate: {left_out} image(s) of {args.data} were used in training and are left out",
@@ -126,6 +132,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"INT8 calibration set: {info['count']} good training images -> {info['npz']}"
               + (f" ({info['note']})" if info.get("note") else ""))
     print(f"wrote {out}")
+    if args.update:
+        print("a running edge-run keeps its rules: restart it to apply these (rules are checked at start)")
     return 0
 
 

@@ -60,6 +60,7 @@ class BuildOptions:
     timing_cache: Path | None = None       # None: MODEL.timing.cache beside the plan
     dla_core: int | None = None
     calibration: Path | None = None        # calibration.json; the INT8 set lies beside it
+    good: tuple = ()                        # (camera, folder) pairs to re-fit on the built engine
 
 
 # ---- pure, CPU-testable parts ------------------------------------------------------------
@@ -342,7 +343,34 @@ def build(opts: BuildOptions) -> tuple[dict, bool]:
     info = build_info(opts, trt.__version__, device, graph, npz)
     doc = write_derived_manifest(opts.out, opts.onnx, "tensorrt", info, max_batch=opts.max_batch,
                                  calibration=opts.calibration)
+    for camera, folder in opts.good:
+        doc = recalibrate_on_engine(opts.out, doc, camera, folder)
     return doc, reused
+
+
+def parse_good(text: str) -> tuple[str, Path]:
+    """``--good [CAMERA=]DIR``: the camera (default '*') to re-fit on the built engine, from DIR."""
+    camera, eq, folder = text.partition("=")
+    return (camera, Path(folder)) if eq and camera and "/" not in camera else ("*", Path(text))
+
+
+def recalibrate_on_engine(plan: Path, manifest: dict, camera: str, folder: Path) -> dict:
+    """Re-fit ``camera`` on the built engine's own scores of the good images in ``folder``, with the
+    target, confidence and guarantee of the entry it replaces (calibration/manifest_update.py keeps
+    the fp32 entry in the history). Needs the engine to run: on the build machine, that is the GPU."""
+    from calibration.calibrate import calibrate_engine
+    from calibration.images import folder_samples
+    old = ((manifest.get("calibration") or {}).get("cameras") or {}).get(camera)
+    if old is None:
+        raise BuildError(f"--good {camera}={folder}: the manifest has no calibration of camera {camera!r} to "
+                         f"re-fit (edge-calibrate --engine {plan} --good DIR --camera '{camera}' --update ...)")
+    im = old["image"]
+    calibrate_engine(plan, folder_samples(folder, 0), im["target_far"], confidence=im.get("confidence") or 0.95,
+                     guarantee=im.get("guarantee", "pac"), pixel_far=old.get("pixel", {}).get("target_far"),
+                     min_region_area=old.get("pixel", {}).get("min_region_area"), camera=camera, plots=False,
+                     update=Path(str(plan) + ".manifest.json"))
+    from edge.manifest import load_manifest
+    return load_manifest(plan)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -370,12 +398,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calibration", type=Path, default=None, metavar="calibration.json",
                    help="calibration.json to embed (default: the one in the ONNX manifest); for int8 the INT8 "
                         "calibration set beside it (int8_calibration.npz, from edge-calibrate --int8 N) is used")
+    p.add_argument("--good", type=parse_good, action="append", default=[], metavar="[CAMERA=]DIR",
+                   help="re-fit this camera's thresholds (default '*') on the built engine's own scores of the good "
+                        "images in DIR (repeatable); without it an fp16/int8 manifest says 'calibrated on fp32, "
+                        "not re-checked' and edge-run warns at start")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    opts = BuildOptions(**vars(args))
+    opts = BuildOptions(**{**vars(args), "good": tuple(args.good)})
     from edge.backends import BackendError
     try:
         doc, reused = build(opts)
@@ -389,8 +421,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"timing cache: {b['timing_cache']} ({'reused' if reused else 'new'})")
     print(f"manifest: {opts.out}.manifest.json (model {doc['model_version']}, calibration "
           f"{'embedded' if doc['calibration'] else 'none: run edge-calibrate for alert thresholds'})")
-    if b["precision"] != "fp32":
-        print(f"note: {b['precision']} shifts scores; fit thresholds on this engine's scores (docs/tensorrt.md)")
+    unchecked = [c for c, e in ((doc.get("calibration") or {}).get("cameras") or {}).items()
+                 if e.get("engine_check") and (e.get("engine") or {}).get("sha256") != doc["engine"]["sha256"]]
+    if unchecked:
+        print(f"WARNING: {b['precision']} shifts scores and the thresholds of camera(s) {', '.join(unchecked)} were "
+              f"fitted on fp32, not re-checked on this engine (edge-run will warn): re-fit them with "
+              f"edge-build ... --good DIR, or edge-calibrate --engine {opts.out} --good DIR --update "
+              f"{opts.out}.manifest.json")
     return 0
 
 

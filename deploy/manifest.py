@@ -9,6 +9,7 @@ Two writers, one document (docs/manifest.md):
 from __future__ import annotations
 
 import datetime
+import json
 from pathlib import Path
 
 from edge.manifest import MANIFEST_FORMAT_VERSION, MANIFEST_KIND, load_manifest, manifest_path, sha256_file
@@ -28,6 +29,32 @@ def read_calibration(calibration: Path | None, checkpoint_sha256: str) -> dict |
     cal = read_json(calibration) if calibration else None
     if cal is not None and cal["model"]["checkpoint_sha256"] != checkpoint_sha256:
         raise ValueError(f"{calibration} was fitted for another checkpoint: calibrate this run first")
+    return cal
+
+
+def check_fitted_on(calibration: dict | None, graph: Path, where: Path | None) -> None:
+    """Refuse to embed a calibration whose entries were fitted on another graph than ``graph``
+    (edge-export): the thresholds would hold for someone else's scores. Entries that record no
+    engine (older calibrations) pass; edge-run warns about them at start."""
+    sha = sha256_file(graph)
+    for camera, entry in ((calibration or {}).get("cameras") or {}).items():
+        fitted = (entry.get("engine") or {}).get("sha256")
+        if fitted and fitted != sha:
+            raise ValueError(f"{where}: camera {camera!r} was fitted on {entry['engine'].get('file')} (sha256 "
+                             f"{fitted[:12]}), not on {graph.name} (sha256 {sha[:12]}): calibrate this graph: "
+                             f"edge-calibrate --engine {graph} --good DIR --camera '{camera}' --update "
+                             f"{graph}.manifest.json (or --run RUN --engine {graph})")
+
+
+def mark_not_rechecked(calibration: dict | None, precision: str) -> dict | None:
+    """Entries carried to a reduced-precision engine without re-fitting say so (edge-run warns)."""
+    if calibration is None or precision == "fp32":
+        return calibration
+    cal = json.loads(json.dumps(calibration))
+    for entry in cal["cameras"].values():
+        fitted = (entry.get("engine") or {}).get("precision", "fp32")
+        entry["engine_check"] = {"status": f"calibrated on {fitted}, not re-checked on this {precision} engine",
+                                 "engine_precision": precision}
     return cal
 
 
@@ -62,6 +89,7 @@ def write_manifest(engine: Path, export_report: dict, run_dir: Path, calibration
         "parity": export_report["parity"],
         "calibration": read_calibration(calibration, export_report["checkpoint_sha256"]),
     }
+    check_fitted_on(model["calibration"], onnx_file, calibration)
     onnx = {"file": onnx_file.name, "sha256": sha256_file(onnx_file), "opset": export_report["opset"]}
     return _write(engine, model, engine_format, onnx, build)
 
@@ -81,4 +109,5 @@ def write_derived_manifest(engine: Path, onnx_file: Path, engine_format: str, bu
         model["input"] = {**source["input"], "max_batch": int(max_batch)}
     if calibration is not None:
         model["calibration"] = read_calibration(calibration, source["checkpoint_sha256"])
+    model["calibration"] = mark_not_rechecked(model["calibration"], build.get("precision", "fp32"))
     return _write(engine, model, engine_format, dict(source["onnx"]), build)

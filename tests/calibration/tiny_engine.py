@@ -26,9 +26,9 @@ def write_tiny_engine(path: Path, gain: float = 1.0, nan: bool = False, size: in
     score = helper.make_tensor_value_info("score", TensorProto.FLOAT, ["batch"])
     amap = helper.make_tensor_value_info("anomaly_map", TensorProto.FLOAT, ["batch", 1, size, size])
     k = numpy_helper.from_array(np.array(np.nan if nan else gain, np.float32), "gain")
-    nodes = [helper.make_node("ReduceMean", ["images"], ["mean"], axes=[1, 2, 3], keepdims=0),
-             helper.make_node("Mul", ["mean", "gain"], ["score"]),
-             helper.make_node("Identity", ["images"], ["anomaly_map"])]
+    nodes = [helper.make_node("ReduceMean", ["images"], ["mean"], name="mean", axes=[1, 2, 3], keepdims=0),
+             helper.make_node("Mul", ["mean", "gain"], ["score"], name="gain"),
+             helper.make_node("Identity", ["images"], ["anomaly_map"], name="map")]
     graph = helper.make_graph(nodes, "tiny", [x], [score, amap], initializer=[k])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = 8
