@@ -354,6 +354,14 @@ def run_summary(snapshots: dict[str, dict], elapsed_s: float, restarted: set[str
         "latency_ms_p50": latency.get("p50"),
         "latency_ms_p99": latency.get("p99"),
     }
+    # Refused peers, counted by every stage with a CURVE server socket (docs/security.md)
+    out["curve_refused"] = sum(_total(snap, "curve_refused") for snap in snapshots.values())
+    out["curve_handshake_failed"] = {}
+    for snap in snapshots.values():
+        for name, per in (snap or {}).get("counters", {}).items():
+            if name.startswith("curve_handshake_failed_"):
+                kind = name[len("curve_handshake_failed_"):]
+                out["curve_handshake_failed"][kind] = out["curve_handshake_failed"].get(kind, 0) + sum(per.values())
     # Every captured frame is judged, not decidable, dropped (counted where), or was inside a stage that died.
     out["frames_lost_in_restarts"] = sum(c["lost_in_restarts"] for c in cameras.values())
     return out

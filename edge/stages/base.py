@@ -15,7 +15,7 @@ import time
 import zmq
 
 from edge.config import PipelineConfig
-from edge.security import CurveAuthority, secure_client, secure_server
+from edge.security import CurveAuthority, HandshakeWatch, secure_client, secure_server
 from edge.metrics import StageMetrics
 from edge.wire import MessageError, make_socket, pack, unpack
 
@@ -35,6 +35,8 @@ class Stage:
         self._last_report = 0.0
         self._metrics_out = None
         self._authority: CurveAuthority | None = None
+        self._curve_servers: list[zmq.Socket] = []     # closed before the authority (see close)
+        self._handshakes: list[HandshakeWatch] = []    # explain and count refused handshakes
         if cfg.metrics_addr:
             self._metrics_out = make_socket(self.ctx, zmq.PUSH, hwm=16, linger_ms=500)
             self._metrics_out.connect(cfg.metrics_addr)
@@ -47,6 +49,10 @@ class Stage:
                 self._authority = CurveAuthority(self.ctx, self.cfg.curve_allow, log,
                                                  on_refused=lambda r: self.metrics.inc("curve_refused"))
             secure_server(sock, self.cfg.curve_secret, authority=self._authority)
+            self._curve_servers.append(sock)
+            # A plaintext client or one that expects another server key never reaches ZAP (the
+            # authority counts only refused keys): only the socket's monitor sees it.
+            self._handshakes.append(HandshakeWatch(sock, role="server", logger=log))
 
     def bind(self, sock: zmq.Socket, addr: str, always: bool = False) -> None:
         self.secure_server(sock, addr, always)
@@ -67,8 +73,20 @@ class Stage:
     def orphaned(self) -> bool:
         return bool(self.cfg.parent_pid) and os.getppid() != self.cfg.parent_pid
 
+    def count_handshake_failures(self) -> None:
+        """Every refused handshake on a CURVE server socket counted (``curve_handshake_failed_<kind>``,
+        e.g. ``client_not_curve`` for a plaintext client); HandshakeWatch logs them, rate-limited."""
+        for watch in self._handshakes:
+            try:
+                failures = watch.poll(0)
+            except zmq.ZMQError:   # the socket is closing
+                continue
+            for f in failures:
+                self.metrics.inc(f"curve_handshake_failed_{f.kind}")
+
     def report(self, force: bool = False, **extra) -> None:
         """Send a metrics snapshot to the supervisor (at most every metrics_interval_s)."""
+        self.count_handshake_failures()
         now = time.monotonic()
         if self._metrics_out is None or (not force and now - self._last_report < self.cfg.metrics_interval_s):
             return
@@ -156,8 +174,17 @@ class Stage:
         delivered first: ZeroMQ drops whatever is unsent when a socket's linger runs out, and a
         busy next stage may take seconds to make room. An orphan has no one to deliver to."""
         self.report(force=True, final=True)
-        if self._authority is not None:   # its thread holds a socket of this context: stop it first
-            self._authority.close()
+        for watch in self._handshakes:
+            watch.close()
+        if self._authority is not None:
+            # The CURVE server sockets first: with no ZAP handler bound, libzmq would admit any
+            # key to a socket still open. Closing returns at once; libzmq still delivers what
+            # they queued (LINGER) to the sessions already admitted, and accepts no new one.
+            linger = 0 if self.orphaned() else FLUSH_LINGER_MS
+            for sock in self._curve_servers:
+                if not sock.closed:
+                    sock.close(linger=linger)
+            self._authority.close()   # its thread holds a socket of this context: before destroy
         self.ctx.destroy(linger=0 if self.orphaned() else FLUSH_LINGER_MS)
 
 

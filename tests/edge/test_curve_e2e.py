@@ -1,5 +1,6 @@
 """edge-run with CURVE end to end: an allowed subscriber gets every alert, a stranger gets none,
 and nothing runs in plaintext without --insecure (real processes, real keys, loopback)."""
+import json
 import subprocess
 import sys
 import time
@@ -22,7 +23,8 @@ def test_only_allowed_keys_hear_a_curve_node(tmp_path):
             [sys.executable, "-m", "edge.run", "--engine", str(ENGINE), "--source", str(IMAGES), "--no-drop",
              "--threshold", "1e9", "--alerts-addr", alerts, "--journal", str(tmp_path / "j.sqlite"),
              "--curve-secret", str(keys / "node.key_secret"), "--curve-allow", str(allow),
-             "--wait-subscribers", "1", "--fps", "25"], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+             "--wait-subscribers", "1", "--fps", "25", "--summary-json", str(tmp_path / "summary.json")],
+            cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
     curve = lambda who: (str(keys / f"{who}.key_secret"), str(keys / "node.key"))  # noqa: E731
     mes = AlertSubscriber([alerts], curve=curve("mes"), replay=False)
     stranger = AlertSubscriber([alerts], curve=curve("stranger"), replay=False)
@@ -43,6 +45,11 @@ def test_only_allowed_keys_hear_a_curve_node(tmp_path):
     assert got["stranger"] == [] and got["plain"] == []
     assert "refused our key" in (stranger.last_error or ""), stranger.last_error
     assert "INSECURE" not in text and "edge-keys allow" in text      # the node names the refused key
+    summary = json.loads((tmp_path / "summary.json").read_text())   # every refusal counted (issue 13)
+    assert summary["curve_refused"] >= 1                                          # the stranger's key
+    assert summary["curve_handshake_failed"].get("client_not_curve", 0) >= 1, summary["curve_handshake_failed"]
+    assert "refused a client that does not use CURVE" in text                     # the plaintext one, logged
+    assert "closing the CURVE authority while" not in text                        # sockets closed first
     for sub in (mes, stranger, plain):
         sub.close()
 
