@@ -224,16 +224,19 @@ def report_lines(doc: dict, camera: str = DEFAULT_CAMERA) -> list[str]:
     eng = e.get("engine") or {}
     lines = [f"camera {camera}: alert threshold {im['threshold']:.6g} (raw score of {eng.get('file', '?')}, "
              f"{eng.get('precision', '?')})",
-             f"  {im['statement']}",
-             f"  held-out good images: {im['n_good']}, flagged among them: {im['empirical_far']:.2%}",
-             f"  pixel threshold {px['threshold']:.6g} (a good part shows a region with rate <= {px['target_far']:g}), "
-             f"min region {px['min_region_area']} px"]
+             f"  {im['statement']}"]
+    if "sample_size_note" in im:
+        lines.append(f"  {im['sample_size_note']}")
+    # the trade-off side by side: what the threshold promises on good parts, what it costs on defects
+    far = f"false alarms <= {im['target_far']:.2%} guaranteed ({im['empirical_far']:.2%} of {im['n_good']} held-out good)"
     if e["miss_rate"]:
         m = e["miss_rate"]
-        lines.append(f"  expected miss rate {m['estimate']:.2%} ({m['missed']}/{m['n_defective']} held-out defective "
-                     f"images; 95% upper bound {m['upper_95']:.2%})")
+        lines.append(f"  {far}; misses {m['estimate']:.2%} ({m['missed']}/{m['n_defective']} held-out defective, "
+                     f"95% upper bound {m['upper_95']:.2%})")
     else:
-        lines.append(f"  {e['miss_rate_note']}")
+        lines.append(f"  {far}; {e['miss_rate_note']}")
+    lines.append(f"  pixel threshold {px['threshold']:.6g} (a good part shows a region with rate <= "
+                 f"{px['target_far']:g}), min region {px['min_region_area']} px")
     if e.get("plots"):
         lines.append(f"  plots: {', '.join(e['plots'])}")
     return lines

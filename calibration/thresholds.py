@@ -57,6 +57,17 @@ def min_calibration_size(far: float, confidence: float = 0.95, guarantee: str = 
     return math.ceil(math.log(1 - confidence) / math.log1p(-far) - 1e-12)
 
 
+def smallest_guaranteed_far(n: int, confidence: float = 0.95, guarantee: str = "pac") -> float:
+    """The lowest false-alarm rate that ``n`` good images can guarantee (inverse of
+    ``min_calibration_size``): pac 1 - (1 - c)^(1/n), with the threshold at the highest good
+    score; marginal 1 / (n + 1)."""
+    if n < 1:
+        raise ValueError("need at least one good image")
+    if guarantee == "marginal":
+        return 1.0 / (n + 1)
+    return -math.expm1(math.log(1 - confidence) / n)
+
+
 def _check(far: float, confidence: float, guarantee: str) -> None:
     if not 0 < far < 1:
         raise ValueError(f"target false-alarm rate must be in (0, 1), got {far}")
@@ -76,6 +87,9 @@ class ThresholdFit:
     exceedances_allowed: int     # calibration scores allowed above the threshold (order statistic n - j)
     empirical_far: float         # share of calibration scores above the threshold
     statement: str
+    smallest_guaranteed_far: float   # the lowest target these n images could have guaranteed
+    images_needed: int               # the fewest good images the asked-for target needs
+    sample_size_note: str            # the two above, and what to do, in plain words
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -93,7 +107,8 @@ def fit_threshold(good_scores, far: float, confidence: float = 0.95, guarantee: 
         what = (f"{confidence:.0%} confidence" if guarantee == "pac" else "the marginal (conformal) guarantee")
         raise TooFewImagesError(
             f"a false-alarm rate of {far:g} with {what} needs at least {needed} held-out good images, "
-            f"got {n}: add good images (--data), raise --target-far, "
+            f"got {n} (the smallest rate {n} can guarantee is {smallest_guaranteed_far(n, confidence, guarantee):.2%}): "
+            f"add good images the model never saw (--good DIR, or --data), raise --target-far, "
             + ("or lower --confidence / use --guarantee marginal" if guarantee == "pac" else "or both"))
     if guarantee == "marginal":
         rank = math.ceil((n + 1) * (1 - far) - 1e-12)  # 1-based rank
@@ -107,9 +122,17 @@ def fit_threshold(good_scores, far: float, confidence: float = 0.95, guarantee: 
         statement = (f"with probability >= {confidence:g} over the calibration draw, the false-alarm rate on "
                      f"new good parts is <= {far:g} (order statistic {n - j} of {n}, binomial bound)")
     t = float(s[n - j - 1])
+    floor = smallest_guaranteed_far(n, confidence, guarantee)
+    note = (f"{n} good images guarantee a false-alarm rate down to {floor:.2%}; the target {far:g} needs at "
+            f"least {needed}")
+    if j == 0:
+        note += (f"; with {n} images no good score may lie above the threshold, so it is the highest good score "
+                 f"(order statistic {n} of {n}): a tighter, more sensitive threshold needs more good images the "
+                 f"model never saw (--good DIR)")
     return ThresholdFit(threshold=t, target_far=far, confidence=confidence if guarantee == "pac" else None,
                         guarantee=guarantee, n_good=n, exceedances_allowed=j,
-                        empirical_far=float(np.mean(s > t)), statement=statement)
+                        empirical_far=float(np.mean(s > t)), statement=statement,
+                        smallest_guaranteed_far=floor, images_needed=needed, sample_size_note=note)
 
 
 def clopper_pearson_upper(k: int, n: int, confidence: float = 0.95) -> float:

@@ -29,7 +29,7 @@ def test_calibration_file_and_report(run, capsys):
     _, out, _ = run
     assert main(["--run", str(out), "--target-far", "0.2", "--guarantee", "marginal"]) == 0
     printed = capsys.readouterr().out
-    assert "alert threshold" in printed and "expected miss rate" in printed
+    assert "alert threshold" in printed and "misses" in printed and "false alarms <=" in printed
     doc = json.loads((out / "calibration.json").read_text())
     assert doc["format_version"] == 1 and doc["kind"] == "edge-inspect/calibration"
     meta = json.loads((out / "metrics.json").read_text())

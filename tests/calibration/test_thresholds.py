@@ -82,3 +82,19 @@ def test_miss_rate_and_upper_bound():
     assert 0.5 < r["upper_95"] < 1
     # Clopper-Pearson with 0 of n: 1 - 0.05 ** (1 / n)
     assert clopper_pearson_upper(0, 20) == pytest.approx(1 - 0.05 ** (1 / 20), rel=1e-6)
+
+
+def test_the_smallest_guaranteed_rate_and_the_images_a_target_needs_are_stated():
+    from calibration.thresholds import smallest_guaranteed_far
+    rng = np.random.default_rng(0)
+    fit = fit_threshold(rng.normal(size=71), 0.05)   # the case: 71 validation good images
+    assert fit.exceedances_allowed == 0 and fit.images_needed == 59
+    assert fit.smallest_guaranteed_far == pytest.approx(1 - 0.05 ** (1 / 71))   # 4.13%
+    assert "down to 4.13%" in fit.sample_size_note and "order statistic 71 of 71" in fit.sample_size_note
+    assert "--good DIR" in fit.sample_size_note
+    for n in (59, 299, 1000):   # the inverse of min_calibration_size
+        assert min_calibration_size(smallest_guaranteed_far(n) * (1 + 1e-9)) <= n
+        assert min_calibration_size(smallest_guaranteed_far(n) * 0.99) > n
+    assert smallest_guaranteed_far(99, guarantee="marginal") == pytest.approx(0.01)
+    with pytest.raises(TooFewImagesError, match="the smallest rate 58 can guarantee is 5.0"):
+        fit_threshold(rng.normal(size=58), 0.05)
