@@ -6,15 +6,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from edge.overlay import heatmap_overlay
+
 
 def overlay(image: np.ndarray, heatmap: np.ndarray, lo: float, hi: float) -> np.ndarray:
-    """image (C, H, W) in [0, 1], heatmap (H, W) -> BGR uint8 with the heatmap (JET) blended in."""
-    gray = (np.clip(image.mean(axis=0), 0, 1) * 255).astype(np.uint8)
-    base = cv2.cvtColor(gray, cv2.COLOR_GRAY2BGR) if image.shape[0] == 1 else cv2.cvtColor(
-        (np.clip(image.transpose(1, 2, 0), 0, 1) * 255).astype(np.uint8), cv2.COLOR_RGB2BGR)
-    scaled = np.clip((heatmap - lo) / max(hi - lo, 1e-12), 0, 1)
-    colour = cv2.applyColorMap((scaled * 255).astype(np.uint8), cv2.COLORMAP_JET)
-    return cv2.addWeighted(base, 0.55, colour, 0.45, 0)
+    """image (C, H, W) in [0, 1], heatmap (H, W) -> BGR uint8 with the heatmap (JET) blended in:
+    the edge's own blend (edge/overlay.py), so reports look like the operator's thumbnails."""
+    return heatmap_overlay(image, heatmap, lo, hi)
 
 
 def save_examples(path: Path, images: np.ndarray, maps: np.ndarray, scores: np.ndarray, labels: np.ndarray,

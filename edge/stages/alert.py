@@ -37,6 +37,7 @@ from edge.alerts import MAX_ALERT_BYTES, encode_alert, make_alert
 from edge.config import PipelineConfig
 from edge.journal import AlertJournal, JournalEntry, JournalError, default_journal_path
 from edge.manifest import load_manifest
+from edge.overlay import heatmap_overlay
 from edge.regions import find_regions
 from edge.replay import ReplayServer, default_replay_addr
 from edge.rules import DEFAULT_CAMERA, CameraRules, RulesError, camera_rules, check_cameras, rules_for
@@ -51,12 +52,9 @@ UNJOURNALED_MAX = 1000        # alerts published but not yet journaled, kept for
 
 
 def heat_thumbnail(pixels: np.ndarray, heatmap: np.ndarray, high: float) -> bytes:
-    """What the model saw with its heatmap over it (red = high), as JPEG bytes."""
-    img = pixels.transpose(1, 2, 0)
-    img = cv2.cvtColor(img, cv2.COLOR_GRAY2BGR) if img.shape[2] == 1 else cv2.cvtColor(img, cv2.COLOR_RGB2BGR)
-    level = np.clip(heatmap / max(high, 1e-12), 0, 1) * 255
-    colour = cv2.applyColorMap(cv2.resize(level.astype(np.uint8), img.shape[1::-1]), cv2.COLORMAP_JET)
-    ok, jpeg = cv2.imencode(".jpg", cv2.addWeighted(img, 0.6, colour, 0.4, 0),
+    """What the model saw with its heatmap over it (red = high), as JPEG bytes (edge/overlay.py:
+    the same blend as the engineer's reports)."""
+    ok, jpeg = cv2.imencode(".jpg", heatmap_overlay(pixels, heatmap, 0.0, high),
                             [cv2.IMWRITE_JPEG_QUALITY, THUMBNAIL_QUALITY])
     return jpeg.tobytes() if ok else b""
 
