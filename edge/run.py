@@ -319,7 +319,8 @@ def frame_accounts(snapshots: dict[str, dict], capture_restarted: bool = False) 
     out = {}
     for cam in sorted(cameras):
         judged = verdicts["OK"].get(cam, 0) + verdicts["NotOK"].get(cam, 0)
-        not_decidable = verdicts["NotDecidable"].get(cam, 0) + bad.get(cam, 0)
+        not_decidable = verdicts["NotDecidable"].get(cam, 0) + bad.get(cam, 0) + \
+            _per_camera(cap, "untransportable").get(cam, 0)
         dropped = sum(d.get(cam, 0) for d in drops)
         reported = _per_camera(cap, "frames_in").get(cam, 0) + bad.get(cam, 0)
         seen_downstream = _per_camera(pre, "frames_in").get(cam, 0) + _per_camera(cap, "dropped").get(cam, 0) \

@@ -15,7 +15,9 @@ NotDecidable alert with frame_seq -1.
 
 Frame accounting, per camera: ``frames_in`` counts frames read, ``bad_frames`` images the
 reader could not deliver at all (each one a part that passes unjudged: a NotDecidable in
-the summary), ``dropped`` frames this stage could not pass on, each counted once.
+the summary), ``untransportable`` frames too large for the inline transport (the receiver's
+MAXMSGSIZE would drop the message and the connection with it: reported as NotDecidable
+instead), ``dropped`` frames this stage could not pass on, each counted once.
 
 Frame sizes may change (a folder of mixed images, a camera switching resolution): a frame
 that does not fit the camera's ring gets a new, larger ring, and the old one is *retired*,
@@ -33,11 +35,12 @@ from edge.config import PipelineConfig
 from edge.frame_ring import FrameRing
 from edge.sources import CameraReader, parse_source
 from edge.stages.base import Stage, log
-from edge.wire import make_socket, pack
+from edge.wire import MAX_MESSAGE_BYTES, make_socket, pack
 
 SEND_HWM = 16
 RETIRED_RING_MAX_S = 60.0   # a retired ring whose frames were never released is closed after this
 RING_GROWTH = 1.5           # a ring that must grow grows by at least this factor: few rings for mixed sizes
+INLINE_HEADER_ROOM = 64 << 10   # a frame message's header and framing, beside the pixels
 BLIND_REPEAT_S = PipelineConfig.blind_repeat_s   # reports repeat this often while blind (docs/pipeline.md)
 
 
@@ -148,6 +151,12 @@ class CaptureStage(Stage):
         header = {"kind": "frame", "camera": camera, "seq": seq, "mono": mono, "wall": wall,
                   "shape": list(frame.shape), "pixel_format": pixel_format}
         if self.cfg.frames_inline:
+            if frame.nbytes + INLINE_HEADER_ROOM > MAX_MESSAGE_BYTES:
+                self.metrics.inc("untransportable", camera)
+                self.send_event(camera, "bad_frame", f"frame {seq} of {frame.shape[1]}x{frame.shape[0]} "
+                                f"({frame.nbytes} bytes) is too large to send inline (limit {MAX_MESSAGE_BYTES} "
+                                "bytes): crop it with --roi, or run preprocess on this host (shared memory)")
+                return
             frames = pack(header, frame)
         else:
             ring = self.ring_for(camera, frame.nbytes)
