@@ -598,8 +598,8 @@ def configure_curve(cfg: PipelineConfig, a: argparse.Namespace, stages: list[str
 def main(argv: list[str] | None = None) -> int:
     a = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s supervisor %(levelname)s %(message)s")
+    cfg, stages = config_from_args(a)   # a configuration error is refused in one line, before anything is touched
     remove_dead_owners()   # frame rings and ipc folders of pipelines that were killed
-    cfg, stages = config_from_args(a)
     sup = Supervisor(cfg, stages, a.print_every, a.metrics_port, a.duration, a.quiet,
                      heartbeat_timeout_s=a.heartbeat_timeout, max_restarts=a.max_restarts,
                      metrics_host=a.metrics_bind)

@@ -74,8 +74,12 @@ def test_a_start_removes_what_killed_pipelines_left(tmp_path):
     (ipc / "frames").write_bytes(b"")
     live_ring.write_bytes(b"x")
     try:
-        r, _ = edge_run("--source", str(tmp_path / "no-such-folder"), timeout=20)   # refused, after the clean-up
-        assert r.returncode != 0 and "does not exist" in r.stderr, r.stderr
+        with socket.socket() as busy:   # a start that passes its configuration checks, then stops at once
+            busy.bind(("127.0.0.1", 0))
+            busy.listen()
+            r, _ = edge_run("--source", str(IMAGES), "--metrics-port", str(busy.getsockname()[1]),
+                            "--metrics-bind", "127.0.0.1", "--journal", str(tmp_path / "j.sqlite"), timeout=20)
+        assert r.returncode == 2 and "--metrics-port" in r.stderr, r.stderr
         assert not ring.exists() and not ipc.exists() and live_ring.exists()
     finally:
         for p in (ring, live_ring):
