@@ -25,7 +25,8 @@ What it does, per (k, seed) on the trainers' open-set split (``open_set_split(ds
 * ``hybrid``: the sum of the two members' robust z-scores.
 
 Metrics on the split's test set: image AUROC / AUPRC (``trainer.metrics``) and the miss rate at
-5 % false alarms (threshold = the 95th percentile of the test good scores, as bench/detection.py).
+5 % false alarms (threshold = the interpolated 95th percentile of the test good scores, ``np.quantile``;
+bench/detection.py's ``fnr_at_far`` takes the order statistic instead, so the two differ slightly).
 
     python bench/frozen_head.py --data ../shared/data/elpv --k 10 1 --seeds 0 1 2 [--size 224]
 """
@@ -110,12 +111,28 @@ def nearest_distance(queries: torch.Tensor, bank: torch.Tensor, chunk: int = 409
     return torch.cat(out)
 
 
-def knn_scores(train_feats: torch.Tensor, feats: torch.Tensor, bank_size: int, seed: int) -> torch.Tensor:
+def random_bank(train_feats: torch.Tensor, bank_size: int, seed: int) -> torch.Tensor:
+    """``bank_size`` patch features drawn at random (seeded) from the training good images."""
     pool = patches(train_feats)
-    bank = pool[torch.randperm(len(pool), generator=torch.Generator().manual_seed(seed))[:bank_size]]
+    return pool[torch.randperm(len(pool), generator=torch.Generator().manual_seed(seed))[:bank_size]]
+
+
+def knn_scores(bank: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
+    """Image score: the largest patch distance to the nearest bank feature."""
     n, _, h, w = feats.shape
     return torch.cat([nearest_distance(patches(feats[i:i + 64]), bank).reshape(-1, h * w).max(1).values
                       for i in range(0, n, 64)])
+
+
+def standardised(member_scores: dict[str, dict[str, np.ndarray]]) -> dict[str, dict[str, np.ndarray]]:
+    """Per member, every part's scores as robust z-scores of the member's ``val`` (good) scores,
+    plus ``hybrid``, their sum (trainer.hybrid's sum rule)."""
+    z = {}
+    for name, parts in member_scores.items():
+        center, scale = robust_center_scale(parts["val"])
+        z[name] = {part: (v - center) / scale for part, v in parts.items()}
+    z["hybrid"] = {part: sum(z[name][part] for name in member_scores) for part in z[next(iter(member_scores))]}
+    return z
 
 
 class PatchHead(torch.nn.Module):
@@ -168,19 +185,15 @@ def evaluate(feats: torch.Tensor, index: dict, dataset, k: int, seed: int, bank:
     test = [index[s.path] for s in split.test]
     y = np.array([s.label for s in split.test])
     start = time.perf_counter()
-    knn = {"val": knn_scores(feats[fit_good], feats[val], bank, seed),
-           "test": knn_scores(feats[fit_good], feats[test], bank, seed)}
+    bank_feats = random_bank(feats[fit_good], bank, seed)
+    knn = {"val": knn_scores(bank_feats, feats[val]).numpy(), "test": knn_scores(bank_feats, feats[test]).numpy()}
     knn_s = time.perf_counter() - start
     start = time.perf_counter()
     train = fit_good + defective
     head = train_head(feats[train], torch.tensor([0.0] * len(fit_good) + [1.0] * len(defective)), epochs, seed)
     head_s = time.perf_counter() - start
-    hd = {"val": head_scores(head, feats[val]), "test": head_scores(head, feats[test])}
-    z = {}
-    for name, s in (("knn", knn), ("head", hd)):
-        center, scale = robust_center_scale(s["val"].numpy())
-        z[name] = (s["test"].numpy() - center) / scale
-    z["hybrid"] = z["knn"] + z["head"]
+    hd = {"val": head_scores(head, feats[val]).numpy(), "test": head_scores(head, feats[test]).numpy()}
+    z = {name: parts["test"] for name, parts in standardised({"knn": knn, "head": hd}).items()}
     seconds = {"knn": knn_s, "head": head_s, "hybrid": knn_s + head_s}
     return [{"k": k, "seed": seed, "member": m, "auroc": auroc(z[m], y), "auprc": auprc(z[m], y),
              "miss_at_5": miss_at_5(z[m], y), "seconds": round(seconds[m], 1),

@@ -27,9 +27,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
-from bench.frozen_head import cached_features, head_scores, knn_scores, train_head  # noqa: E402
+from bench.frozen_head import cached_features, head_scores, knn_scores, random_bank, standardised, train_head  # noqa: E402
+from calibration.thresholds import fit_threshold  # noqa: E402
 from trainer.data import load_dataset  # noqa: E402
-from trainer.robust import robust_center_scale  # noqa: E402
 from trainer.metrics import auroc  # noqa: E402
 
 SAMPLE = ROOT / "trainer" / "sample_data" / "elpv_mini"
@@ -46,7 +46,6 @@ def main(argv=None) -> int:
     p.add_argument("--work", default="runs/bench_frozen_head")
     args = p.parse_args(argv)
     torch.set_num_threads(2)
-    from calibration.thresholds import fit_threshold  # noqa: E402
     dataset = load_dataset(args.data)
     samples = sorted(dataset.samples, key=lambda s: s.path.as_posix())
     feats = cached_features(samples, args.size, Path(args.work) / Path(args.data).resolve().name, args.standardize)
@@ -60,14 +59,11 @@ def main(argv=None) -> int:
     n_val = len(good) // 10
     val, fit_good = good[:n_val], good[n_val:]
     y_demo = np.array([samples[i].label for i in demo])
-    knn = {part: knn_scores(feats[fit_good], feats[ix], args.bank, args.seed).numpy() for part, ix in (("val", val), ("demo", demo))}
+    bank = random_bank(feats[fit_good], args.bank, args.seed)
+    knn = {part: knn_scores(bank, feats[ix]).numpy() for part, ix in (("val", val), ("demo", demo))}
     head = train_head(feats[fit_good + bad], torch.tensor([0.0] * len(fit_good) + [1.0] * len(bad)), args.epochs, args.seed)
     hd = {part: head_scores(head, feats[ix]).numpy() for part, ix in (("val", val), ("demo", demo))}
-    z = {}
-    for name, s in (("knn", knn), ("head", hd)):
-        c, sc = robust_center_scale(s["val"])
-        z[name] = {part: (v - c) / sc for part, v in s.items()}
-    z["hybrid"] = {part: z["knn"][part] + z["head"][part] for part in ("val", "demo")}
+    z = standardised({"knn": knn, "head": hd})
     print(f"{len(demo)} demo cells ({int(y_demo.sum())} defective); trained on {len(fit_good)} good + {len(bad)} "
           f"defective, {len(val)} held-out good for fusion and threshold")
     for name, s in z.items():
