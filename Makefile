@@ -5,11 +5,11 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install demo train-demo bundled-model test sdd-data bench-floors bench-detection bench-ae bench-twohead bench-runtime bench-pipeline clean
+.PHONY: install demo demo-plc train-demo bundled-model test sdd-data bench-floors bench-detection bench-ae bench-twohead bench-runtime bench-pipeline clean
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[train,dev]'
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[train,dev,plc]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -29,6 +29,21 @@ demo: $(STAMP)
 	status=$$?; wait; [ $$status -eq 0 ] || exit $$status; \
 	echo "--- the verdicts against the sample's labels ($(SAMPLE)/labels.csv):"; \
 	$(BIN)/python -m edge.demo_report --db $(DEMO_DB) --images $(SAMPLE)/images --labels $(SAMPLE)/labels.csv
+
+# The demo with the PLC's last metre: edge-run judges the 50 bundled cells, edge-bridge serves the verdicts
+# as Modbus TCP registers (docs/plc.md) on 127.0.0.1:$(DEMO_PLC_PORT), and a small PLC-side client
+# (edge/bridge/plc_client.py) polls every 10 ms and prints the handshake: read a result, act, write its
+# counter into the ack registers. Ends by itself after the 50 results.
+DEMO_PLC_PORT := 5020
+DEMO_BRIDGE_STATE := runs/demo/bridge.sqlite
+demo-plc: $(STAMP)
+	@mkdir -p runs/demo && rm -f $(DEMO_BRIDGE_STATE) $(DEMO_BRIDGE_STATE)-wal $(DEMO_BRIDGE_STATE)-shm
+	@$(BIN)/edge-bridge --insecure --connect $(DEMO_ALERTS) --state $(DEMO_BRIDGE_STATE) \
+		--camera cam0 --modbus-port $(DEMO_PLC_PORT) --reject-pulse-ms 200 2>/dev/null & bridge=$$!; \
+	$(BIN)/python -m edge.bridge.plc_client --port $(DEMO_PLC_PORT) --count 50 --timeout 60 & plc=$$!; \
+	$(BIN)/edge-run --engine edge/bundled/model.onnx --source $(SAMPLE)/images --no-drop --simulated --insecure \
+		--alerts-addr $(DEMO_ALERTS) --wait-subscribers 1 --quiet 2>&1 | grep -v INSECURE; \
+	wait $$plc; status=$$?; kill $$bridge; wait $$bridge; exit $$status
 
 # The trainer chain on the embedded sample: the patch kNN familiarity member (pretrained EfficientNet-Lite0,
 # no labels) and the two-head scorer with SaliencyCut and 5 labelled defects, fused into the hybrid, each
