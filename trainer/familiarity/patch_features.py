@@ -8,6 +8,11 @@ layers 2 and 3 for the same reason). Each map is averaged over a 3x3 neighbourho
 (PatchCore's local aggregation, which makes a patch feature describe its
 surroundings), the stride-16 map is resized bilinearly onto the stride-8 grid, and
 the two are concatenated: (B, 152, H/8, W/8).
+
+``standardize=True`` first sets each image to mean 0.5 and standard deviation 0.2 over all its
+pixels (and channels): the brightness and contrast of one part, which vary with exposure and
+with the part's batch, then do not count, only its pattern does. It is part of the graph, so the
+edge needs no extra preprocessing (bench/frozen_head_demo.py measures what it does on the demo cells).
 """
 from __future__ import annotations
 
@@ -18,21 +23,32 @@ from torch import nn
 from trainer.backbones import STAGE_CHANNELS, EfficientNetLite0, normalize_for_lite, to_three_channels
 
 DEFAULT_STAGES = (2, 4)  # stride 8 and stride 16
+STANDARD_MEAN, STANDARD_SD = 0.5, 0.2
+
+
+def standardize_images(images: torch.Tensor) -> torch.Tensor:
+    """Each image to mean 0.5, SD 0.2 over its pixels and channels; a flat image becomes 0.5."""
+    centered = images - images.mean(dim=(1, 2, 3), keepdim=True)
+    sd = (centered * centered).mean(dim=(1, 2, 3), keepdim=True).add(1e-8).sqrt()  # plain ops: ONNX, TensorRT
+    return centered / sd * STANDARD_SD + STANDARD_MEAN
 
 
 class PatchFeatureExtractor(nn.Module):
-    def __init__(self, stages: tuple[int, ...] = DEFAULT_STAGES, pool_size: int = 3) -> None:
+    def __init__(self, stages: tuple[int, ...] = DEFAULT_STAGES, pool_size: int = 3,
+                 standardize: bool = False) -> None:
         super().__init__()
         if not stages or sorted(set(stages)) != list(stages):
             raise ValueError(f"stages must be distinct and increasing, got {stages}")
         if pool_size < 1 or pool_size % 2 == 0:
             raise ValueError(f"pool_size must be odd and >= 1, got {pool_size}")
-        self.stages, self.pool_size = tuple(stages), pool_size
+        self.stages, self.pool_size, self.standardize = tuple(stages), pool_size, bool(standardize)
         self.backbone = EfficientNetLite0()
         self.dim = sum(STAGE_CHANNELS[s] for s in self.stages)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """[0, 1] images (B, 1|3, H, W) -> patch features (B, D, h, w) on the finest stage's grid."""
+        if self.standardize:
+            images = standardize_images(images)
         x = normalize_for_lite(to_three_channels(images))
         maps = self.backbone.features(x, self.stages)
         if self.pool_size > 1:
@@ -42,3 +58,7 @@ class PatchFeatureExtractor(nn.Module):
         size = maps[0].shape[-2:]
         maps = [maps[0]] + [F.interpolate(m, size=size, mode="bilinear", align_corners=False) for m in maps[1:]]
         return torch.cat(maps, dim=1)
+
+    def sharing_key(self) -> tuple:
+        """Two extractors with the same key and the same weights compute the same features."""
+        return self.stages, self.pool_size, self.standardize

@@ -14,6 +14,9 @@ by one MatMul and a ReduceMin, so that the graph exports to ONNX and TensorRT (n
   Gaussian blur of sigma 4 px (PatchCore, Sec. 3.3);
 * image score: the largest patch distance (PatchCore's s* without its re-weighting):
   a part is as bad as its worst patch.
+
+``scores_from_features`` takes features computed elsewhere, so that the hybrid runs the backbone
+once for every member that shares it (trainer/hybrid/torch_model.py).
 """
 from __future__ import annotations
 
@@ -36,12 +39,12 @@ class PatchKnnFamiliarity(nn.Module):
     """Input: (B, in_channels, H, W) in [0, 1]."""
 
     def __init__(self, in_channels: int = 1, bank_size: int = 1, stages: tuple[int, ...] = DEFAULT_STAGES,
-                 pool_size: int = 3, blur_sigma: float = 4.0) -> None:
+                 pool_size: int = 3, blur_sigma: float = 4.0, standardize: bool = False) -> None:
         super().__init__()
         if in_channels not in (1, 3):
             raise ValueError(f"in_channels must be 1 or 3, got {in_channels}")
         self.in_channels = in_channels
-        self.features = PatchFeatureExtractor(tuple(stages), pool_size)
+        self.features = PatchFeatureExtractor(tuple(stages), pool_size, standardize)
         self.register_buffer("memory_bank", torch.zeros(bank_size, self.features.dim))
         self.blur = AnomalyMapGenerator(AnomalyMapConfig(blur_sigma=blur_sigma, pooling="max"))
 
@@ -52,15 +55,21 @@ class PatchKnnFamiliarity(nn.Module):
 
     def patch_distances(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 1, h, w) distance of each patch to its nearest bank feature."""
-        f = self.features(images)
+        return self._distances(self.features(images))
+
+    def _distances(self, f: torch.Tensor) -> torch.Tensor:
         b, d, h, w = f.shape
         flat = f.permute(0, 2, 3, 1).reshape(b, h * w, d)
         bank = self.memory_bank
         d2 = (flat * flat).sum(-1, keepdim=True) - 2 * flat @ bank.T + (bank * bank).sum(-1)
         return d2.amin(dim=-1).clamp_min(0).sqrt().reshape(b, 1, h, w)
 
-    def forward(self, images: torch.Tensor) -> FamiliarityOutput:
-        dist = self.patch_distances(images)
+    def scores_from_features(self, features: torch.Tensor, size) -> FamiliarityOutput:
+        """``features``: this member's ``self.features(images)``; ``size``: the images' (H, W)."""
+        dist = self._distances(features)
         score = dist.flatten(1).amax(dim=1)
-        heatmap = self.blur.blur(F.interpolate(dist, size=images.shape[-2:], mode="bilinear", align_corners=False))
+        heatmap = self.blur.blur(F.interpolate(dist, size=size, mode="bilinear", align_corners=False))
         return FamiliarityOutput(score=score, anomaly_map=heatmap)
+
+    def forward(self, images: torch.Tensor) -> FamiliarityOutput:
+        return self.scores_from_features(self.features(images), images.shape[-2:])

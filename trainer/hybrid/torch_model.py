@@ -5,7 +5,13 @@ Members (each a plain module returning ``score`` (B,) and ``anomaly_map`` (B, 1,
 * ``patch_knn``: familiarity, the distance to the nearest normal patch features in the
   ImageNet-pretrained embedding (trainer/familiarity; no labels);
 * ``lamp``: input-space novelty, the LAMP autoencoder's residual (trainer/lamp);
+* ``patch_head``: a patch classifier on the same frozen features, taught by the k labelled
+  defects (trainer/patchhead);
 * ``two_head``: the supervised two-head scorer with SaliencyCut (trainer/twohead).
+
+Members whose frozen feature extractors are alike (same stages, pooling, standardisation and
+weights: patch_knn and patch_head) share one: the backbone runs once per image for all of them
+and the exported graph holds its weights once.
 
 Fusion, fitted on validation good images only (no defect label, trainer/hybrid/fusion.py):
 each member's score and map is standardised to robust standard deviations of good parts,
@@ -23,6 +29,8 @@ from typing import NamedTuple
 
 import torch
 from torch import nn
+
+from trainer.familiarity.patch_features import PatchFeatureExtractor
 
 FUSION_RULES = ("sum", "max")
 
@@ -52,14 +60,45 @@ class HybridDetector(nn.Module):
             # derived from the fusion document (saved in the checkpoint), so not in the state dict
             self.register_buffer(f"{part}_center", center, persistent=False)
             self.register_buffer(f"{part}_scale", scale, persistent=False)
+        self.feature_source = self._share_features()
+
+    def _share_features(self) -> dict[str, str]:
+        """member -> the member whose feature extractor it uses (alike extractors become one module)."""
+        source, first = {}, {}
+        for name in self.names:
+            member = self.members[name]
+            extractor = getattr(member, "features", None)
+            if not (isinstance(extractor, PatchFeatureExtractor) and hasattr(member, "scores_from_features")):
+                continue
+            owner = first.setdefault(extractor.sharing_key(), name)
+            if owner != name:
+                if not same_weights(self.members[owner].features, extractor):
+                    continue  # differently trained backbones: keep both
+                member.features = self.members[owner].features
+            source[name] = owner
+        return source
 
     def _combine(self, z: torch.Tensor, dim: int) -> torch.Tensor:
         return z.sum(dim) if self.rule == "sum" else z.amax(dim)
 
     def forward(self, images: torch.Tensor) -> HybridOutput:
-        outs = [self.members[n](images) for n in self.names]
+        features: dict[str, torch.Tensor] = {}
+        outs = []
+        for n in self.names:
+            member, owner = self.members[n], self.feature_source.get(n)
+            if owner is None:
+                outs.append(member(images))
+                continue
+            if owner not in features:
+                features[owner] = member.features(images)
+            outs.append(member.scores_from_features(features[owner], images.shape[-2:]))
         z = (torch.stack([o.score for o in outs], 1) - self.score_center) / self.score_scale
         maps = torch.stack([o.anomaly_map[:, 0] for o in outs], 1)  # (B, M, H, W)
         zmap = (maps - self.map_center.view(1, -1, 1, 1)) / self.map_scale.view(1, -1, 1, 1)
         return HybridOutput(score=self._combine(z, 1), anomaly_map=self._combine(zmap, 1).unsqueeze(1),
                             member_scores=z)
+
+
+def same_weights(a: nn.Module, b: nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)

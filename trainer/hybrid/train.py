@@ -13,8 +13,8 @@ import numpy as np
 import torch
 
 from trainer.artifacts import RUN_FORMAT_VERSION, read_json, sha256_file, write_json
-from trainer.checkpoint import (FAMILIARITY_KIND, HYBRID_KIND, LAMP_KIND, SCORER_KIND, build_model, read_checkpoint,
-                                write_payload)
+from trainer.checkpoint import (FAMILIARITY_KIND, HYBRID_KIND, LAMP_KIND, PATCH_HEAD_KIND, SCORER_KIND, build_model,
+                                read_checkpoint, write_payload)
 from trainer.evaluate import evaluate_split, image_metrics
 from trainer.hybrid.fusion import fit_fusion
 from trainer.hybrid.torch_model import HybridDetector
@@ -23,7 +23,8 @@ from trainer.runs import run_samples
 from trainer.tensors import load_images, load_masks
 from trainer.visualize import save_examples
 
-MEMBER_OF_KIND = {FAMILIARITY_KIND: "patch_knn", LAMP_KIND: "lamp", SCORER_KIND: "two_head"}
+MEMBER_OF_KIND = {FAMILIARITY_KIND: "patch_knn", LAMP_KIND: "lamp", SCORER_KIND: "two_head",
+                  PATCH_HEAD_KIND: "patch_head"}
 HYBRID_FORMAT = 2  # members by name + per-member fusion statistics
 
 
@@ -65,7 +66,7 @@ def read_member_runs(member_runs: dict[str, Path]) -> dict[str, tuple[dict, dict
 
 def build_hybrid(member_runs: dict[str, Path], out_dir: Path, data_root: Path | None = None,
                  overwrite: bool = False, rule: str = "sum") -> dict:
-    """Fuse member runs (name -> run dir: patch_knn, lamp, two_head) into a hybrid run."""
+    """Fuse member runs (name -> run dir: patch_knn, patch_head, lamp, two_head) into a hybrid run."""
     out_dir = Path(out_dir)
     checkpoint = out_dir / "checkpoint.pt"
     if checkpoint.exists() and not overwrite:

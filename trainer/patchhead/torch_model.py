@@ -1,0 +1,75 @@
+"""The patch head member: which patches look like the labelled defects, on frozen features.
+
+The two-head scorer fine-tunes the whole backbone with k labelled defects and, at k = 10 on
+ELPV, ends below the label-free patch kNN on the same features (docs/benchmarks.md): with ten
+examples, fine-tuning forgets more of ImageNet than it learns of the defects. This member keeps
+the backbone frozen (the familiarity member's ``PatchFeatureExtractor``: EfficientNet-Lite0
+stages 2 + 4, 3x3 averaged, 152-d on the stride-8 grid) and learns only a per-patch classifier:
+
+    logit(p) = W2 relu(W1 (f(p) - mu) / sigma + b1) + b2        (1x1 convolutions, 152 -> 64 -> 1)
+
+with ``mu``, ``sigma`` the per-channel statistics of the training features. The image score is
+the mean of the ``top_patches`` largest patch logits (multiple-instance pooling: a defective part
+needs only some defective patches, and one noisy patch does not make a defect); the pixel map is
+the patch logits resized bilinearly to the input and blurred (sigma 4 px), as the familiarity map.
+
+Because the features are the familiarity member's, a hybrid with both runs the backbone once
+(``scores_from_features``; trainer/hybrid/torch_model.py).
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from trainer.familiarity.patch_features import DEFAULT_STAGES, PatchFeatureExtractor
+from trainer.lamp.anomaly_map import AnomalyMapConfig, AnomalyMapGenerator
+
+
+class PatchHeadOutput(NamedTuple):
+    score: torch.Tensor        # (B,) mean of the largest patch logits
+    anomaly_map: torch.Tensor  # (B, 1, H, W) blurred patch logits at input resolution
+
+
+class PatchHeadScorer(nn.Module):
+    """Input: (B, in_channels, H, W) in [0, 1]. Only ``head`` is trained."""
+
+    def __init__(self, in_channels: int = 1, stages: tuple[int, ...] = DEFAULT_STAGES, pool_size: int = 3,
+                 standardize: bool = True, hidden: int = 64, top_patches: int = 8, blur_sigma: float = 4.0) -> None:
+        super().__init__()
+        if in_channels not in (1, 3):
+            raise ValueError(f"in_channels must be 1 or 3, got {in_channels}")
+        if hidden < 1 or top_patches < 1:
+            raise ValueError(f"hidden and top_patches must be >= 1, got {hidden}, {top_patches}")
+        self.in_channels, self.top_patches = in_channels, top_patches
+        self.features = PatchFeatureExtractor(tuple(stages), pool_size, standardize)
+        d = self.features.dim
+        self.register_buffer("feature_mean", torch.zeros(1, d, 1, 1))
+        self.register_buffer("feature_sd", torch.ones(1, d, 1, 1))
+        self.head = nn.Sequential(nn.Conv2d(d, hidden, 1), nn.ReLU(), nn.Conv2d(hidden, 1, 1))
+        self.blur = AnomalyMapGenerator(AnomalyMapConfig(blur_sigma=blur_sigma, pooling="max"))
+
+    def set_feature_statistics(self, features: torch.Tensor) -> None:
+        """Per-channel mean and SD of training features (N, D, h, w)."""
+        f = features.float()
+        self.feature_mean = f.mean(dim=(0, 2, 3), keepdim=True)
+        self.feature_sd = f.std(dim=(0, 2, 3), keepdim=True) + 1e-3
+
+    def patch_logits(self, features: torch.Tensor) -> torch.Tensor:
+        """(B, D, h, w) features -> (B, 1, h, w) patch logits."""
+        return self.head((features.float() - self.feature_mean) / self.feature_sd)
+
+    def image_logits(self, patch_logits: torch.Tensor) -> torch.Tensor:
+        flat = patch_logits.flatten(1)
+        return flat.topk(min(self.top_patches, flat.shape[1]), dim=1).values.mean(dim=1)
+
+    def scores_from_features(self, features: torch.Tensor, size) -> PatchHeadOutput:
+        """``features``: ``self.features(images)``; ``size``: the images' (H, W)."""
+        logits = self.patch_logits(features)
+        heatmap = self.blur.blur(F.interpolate(logits, size=size, mode="bilinear", align_corners=False))
+        return PatchHeadOutput(score=self.image_logits(logits), anomaly_map=heatmap)
+
+    def forward(self, images: torch.Tensor) -> PatchHeadOutput:
+        return self.scores_from_features(self.features(images), images.shape[-2:])
