@@ -1,6 +1,7 @@
 """Detection on ELPV and SDD (issue 11): every member, the floors and the hybrid, DRA protocol.
 
     python bench/detection.py [--seeds 0 1 2] [--lamp-seeds 0] [--twohead-seeds 0] [--twohead-k 10]
+    python bench/detection.py --only-head --data elpv     # just the patch head rows, merged into the JSON
 
 Writes docs/bench/detection.json and the `detection` section of docs/benchmarks.md after every
 step, so a partial run leaves partial tables. Runs go to runs/bench_detection/<data>/s<seed>/ and
@@ -11,6 +12,10 @@ its good training images and validation hold-out are those of every k (trainer/d
 and the k-shot test set is the k = 0 test set less the k labelled defects, so their k-shot
 figures are their scores restricted to that test set. Members that use labels (two-head) and
 hybrids that contain them are trained per k.
+
+The patch head rows (``--head-seeds``; `edge-train patch-head`, frozen features) run with the input
+standardised per image, and so does the kNN they are fused with (``patch_knn_std``). ``--only-head``
+runs those rows alone and merges them into the rows already in docs/bench/detection.json.
 """
 from __future__ import annotations
 
@@ -73,6 +78,38 @@ def pixel_of(metrics: dict) -> dict | None:
     return {"pixel_auroc": px["auroc"], "pro": px["pro_fpr0.3"]} if px else None
 
 
+def run_head_rows(name: str, seeds, ks, results: list, save) -> None:
+    """Per seed: the standardised kNN (k = 0), and per k the patch head and its sum hybrid with that kNN."""
+    data = DATA[name]
+    dataset = load_dataset(data)
+    base = ["--data", str(data), "--size", str(SIZE), "--standardize"]
+    for seed in seeds:
+        d = RUNS / name / f"s{seed}"
+        knn = d / "patch_knn_std"
+        m_knn = train(["familiarity", *base, "--k", "0", "--seed", str(seed)], knn)
+        for k in ks:
+            split = open_set_split(dataset, k, seed, 0.25)
+            test = {s.path.relative_to(dataset.root).as_posix() for s in split.test}
+            head = d / f"patch_head_k{k}"
+            m_head = train(["patch-head", *base, "--k", str(k), "--seed", str(seed)], head)
+            hy = d / f"hybrid_knn_head_k{k}"
+            m_hy = train(["hybrid", "--familiarity", str(knn), "--patch-head", str(head)], hy)
+            for row, run, m in (("patch_knn_std", knn, m_knn), ("patch_head", head, m_head),
+                                ("hybrid_knn_head", hy, m_hy)):
+                pixel = pixel_of(m)
+                replace_row(results, {"data": name, "k": k, "seed": seed, "row": row,
+                                      **image_row(*scores_on(run, test)),
+                                      **({"pixel_k0_test" if row == "patch_knn_std" else "pixel": pixel}
+                                         if pixel else {}),
+                                      "train_seconds": m.get("train", {}).get("seconds")})
+            save()
+
+
+def replace_row(results: list, row: dict) -> None:
+    key = tuple(row[f] for f in ("data", "k", "seed", "row"))
+    results[:] = [r for r in results if tuple(r[f] for f in ("data", "k", "seed", "row")) != key] + [row]
+
+
 def run_dataset(name: str, seeds, lamp_seeds, twohead_seeds, twohead_ks, ks, results: list, save) -> None:
     data = DATA[name]
     dataset = load_dataset(data)
@@ -128,7 +165,10 @@ ROW_NAMES = {
     "patch_knn_160": "familiarity: patch kNN on Lite0, 160 px", "two_head": "two-head + SaliencyCut on Lite0, 160 px",
     "hybrid_knn_lamp_sum": "hybrid patch kNN + LAMP (sum)", "hybrid_knn_lamp_max": "hybrid patch kNN + LAMP (max)",
     "hybrid_knn_twohead_sum": "hybrid patch kNN + two-head, 160 px (sum)",
-    "hybrid_knn_twohead_max": "hybrid patch kNN + two-head, 160 px (max)"}
+    "hybrid_knn_twohead_max": "hybrid patch kNN + two-head, 160 px (max)",
+    "patch_knn_std": "familiarity: patch kNN, input standardised (no labels)",
+    "patch_head": "patch head on frozen Lite0, input standardised",
+    "hybrid_knn_head": "hybrid patch kNN + patch head, standardised (sum)"}
 
 
 def table(results: list) -> str:
@@ -183,12 +223,15 @@ def main(argv=None) -> int:
                    help="run the two-head rows only for these data:k pairs (e.g. elpv:10 elpv:1 sdd:10)")
     p.add_argument("--ks", nargs="+", type=int, default=[10, 1])
     p.add_argument("--threads", type=int, default=2, help="torch threads per training run (1 beside other work)")
+    p.add_argument("--head-seeds", nargs="*", type=int, default=[0, 1, 2], help="seeds of the patch head rows")
+    p.add_argument("--only-head", action="store_true",
+                   help="run only the patch head rows, keeping the other rows of docs/bench/detection.json")
     args = p.parse_args(argv)
     global THREADS
     THREADS = args.threads
     if "sdd" in args.data and not (DATA["sdd"] / ".prepared.json").exists():
         subprocess.run([sys.executable, str(ROOT / "bench" / "prepare_sdd.py"), "--out", str(DATA["sdd"])], check=True)
-    results: list = []
+    results: list = json.loads(JSON_OUT.read_text()) if args.only_head and JSON_OUT.exists() else []
 
     def save():
         JSON_OUT.parent.mkdir(parents=True, exist_ok=True)
@@ -196,10 +239,14 @@ def main(argv=None) -> int:
         write_section("detection", HEAD + table(results))
 
     for name in args.data:
+        if args.only_head:
+            run_head_rows(name, args.head_seeds, args.ks, results, save)
+            continue
         ks = args.twohead_k if args.twohead_only is None else \
             [int(pair.split(":")[1]) for pair in args.twohead_only if pair.split(":")[0] == name]
         run_dataset(name, args.seeds, args.lamp_seeds, args.twohead_seeds if name in args.twohead_data else [],
                     ks, args.ks, results, save)
+        run_head_rows(name, args.head_seeds, args.ks, results, save)
     print(table(results))
     return 0
 
