@@ -23,6 +23,7 @@ from edge.alerts import VERDICTS
 from edge.bridge.intake import Intake
 from edge.bridge.metrics import BridgeMetricsServer
 from edge.bridge.modbus import ModbusBridge, ModbusConfig
+from edge.bridge.mqtt import MqttBridge, MqttConfig
 from edge.bridge.outbox import Outbox, StateError
 from edge.security import CurveConfig, SecurityError, add_curve_arguments, insecure_warning
 from edge.subscriber.client import parse_connect
@@ -84,6 +85,20 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--reject-on", default="NotOK,NotDecidable", metavar="VERDICTS",
                    help="comma-separated verdicts that pulse the reject coil (default NotOK,NotDecidable: a part "
                         "not inspected is rejected, the fail-safe reading)")
+    q = p.add_argument_group("MQTT publisher (docs/plc.md, MQTT)")
+    q.add_argument("--mqtt-host", metavar="HOST", help="publish every alert to this MQTT broker: turns MQTT on")
+    q.add_argument("--mqtt-port", type=int, metavar="PORT", help="default 1883, or 8883 with --mqtt-tls-ca")
+    q.add_argument("--mqtt-prefix", default="edge-inspect", metavar="TOPIC",
+                   help="topic prefix (default edge-inspect): <prefix>/<node>/alert/<camera>/<verdict>")
+    q.add_argument("--mqtt-client-id", default="", metavar="ID", help="default edge-bridge-<host name>")
+    q.add_argument("--mqtt-username", metavar="USER")
+    q.add_argument("--mqtt-password-file", metavar="FILE",
+                   help="a file holding the password (not the password itself: command lines are visible to all)")
+    q.add_argument("--mqtt-tls-ca", metavar="FILE", help="TLS: the CA certificate that signed the broker's")
+    q.add_argument("--mqtt-tls-cert", metavar="FILE", help="TLS client certificate (with --mqtt-tls-key)")
+    q.add_argument("--mqtt-tls-key", metavar="FILE", help="its private key")
+    q.add_argument("--mqtt-keepalive", type=int, default=10, metavar="S",
+                   help="MQTT keep-alive (default 10 s): the broker publishes the last will within 1.5 x S")
     o = p.add_argument_group("metrics")
     o.add_argument("--metrics-port", type=int, metavar="PORT", help="serve Prometheus /metrics on this port")
     o.add_argument("--metrics-host", default="127.0.0.1", metavar="ADDR", help="default 127.0.0.1")
@@ -103,8 +118,11 @@ def check_args(args: argparse.Namespace) -> None:
             parse_connect(c)
         except ValueError as e:
             raise ConfigError(str(e)) from e
-    if args.modbus_port is None:
-        raise ConfigError("no downstream: give --modbus-port PORT (a PLC polls it)")
+    if args.mqtt_host is None and any(getattr(args, a) is not None for a in (
+            "mqtt_port", "mqtt_username", "mqtt_password_file", "mqtt_tls_ca", "mqtt_tls_cert", "mqtt_tls_key")):
+        raise ConfigError("MQTT options without --mqtt-host: give the broker's --mqtt-host")
+    if args.modbus_port is None and args.mqtt_host is None:
+        raise ConfigError("no downstream: give --modbus-port PORT (a PLC polls it) and/or --mqtt-host HOST")
     if args.modbus_port is not None:
         if not 1 <= args.modbus_port <= 65535:
             raise ConfigError(f"--modbus-port {args.modbus_port}: give 1..65535")
@@ -131,6 +149,25 @@ def modbus_config(args) -> ModbusConfig:
     return cfg
 
 
+def mqtt_config(args) -> MqttConfig:
+    password = None
+    if args.mqtt_password_file is not None:
+        try:
+            with open(args.mqtt_password_file) as f:
+                password = f.read().strip("\r\n")
+        except OSError as e:
+            raise ConfigError(f"--mqtt-password-file {args.mqtt_password_file}: {e.strerror}") from e
+    port = args.mqtt_port if args.mqtt_port is not None else (8883 if args.mqtt_tls_ca else 1883)
+    cfg = MqttConfig(host=args.mqtt_host, port=port, prefix=args.mqtt_prefix, client_id=args.mqtt_client_id,
+                     username=args.mqtt_username, password=password, tls_ca=args.mqtt_tls_ca,
+                     tls_cert=args.mqtt_tls_cert, tls_key=args.mqtt_tls_key, keepalive_s=args.mqtt_keepalive)
+    try:
+        cfg.check()
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
+    return cfg
+
+
 class Bridge:
     """The running bridge: intake thread + downstreams in one asyncio loop."""
 
@@ -139,14 +176,16 @@ class Bridge:
         self.intake: Intake | None = None
         self.outbox: Outbox | None = None
         self.modbus: ModbusBridge | None = None
+        self.mqtt: MqttBridge | None = None
         self.metrics: BridgeMetricsServer | None = None
         self._snapshot: dict = {}
         self.stop_event = asyncio.Event()
         self.failure: str | None = None
 
     def _wake_all(self) -> None:
-        if self.modbus is not None:
-            self.modbus.wake.set()
+        for d in (self.modbus, self.mqtt):
+            if d is not None:
+                d.wake.set()
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
@@ -161,6 +200,9 @@ class Bridge:
                 self.modbus = ModbusBridge(self.outbox, modbus_config(args), ready=lambda: self.intake.connected,
                                            alerts_lost=lambda: self.intake.sub_summary.get("gaps_lost", 0))
                 await self.modbus.start()
+            if args.mqtt_host is not None:
+                self.mqtt = MqttBridge(self.outbox, mqtt_config(args))
+                await self.mqtt.start()
             self.intake.start()
             await loop.run_in_executor(None, self.intake.started.wait, 30)
             if self.intake.error:
@@ -169,8 +211,9 @@ class Bridge:
             if args.metrics_port is not None:
                 self.metrics = BridgeMetricsServer(args.metrics_host, args.metrics_port, lambda: self._snapshot)
                 log.info("metrics on http://%s:%d/metrics", args.metrics_host, self.metrics.port)
-            log.warning("edge-bridge running: state %s, node %s%s", args.state, ", ".join(args.connect),
-                        f", Modbus TCP {args.modbus_host}:{args.modbus_port}" if self.modbus else "")
+            log.warning("edge-bridge running: state %s, node %s%s%s", args.state, ", ".join(args.connect),
+                        f", Modbus TCP {args.modbus_host}:{args.modbus_port}" if self.modbus else "",
+                        f", MQTT {args.mqtt_host}" if self.mqtt else "")
             while not self.stop_event.is_set():
                 try:
                     await asyncio.wait_for(self.stop_event.wait(), 0.25)
@@ -207,6 +250,15 @@ class Bridge:
             counters["state_errors"] = {lab: s["state_errors"]}
             gauges["pending"] = {lab: s["pending"]}
             latency["ack_latency"] = {lab: s["ack_latency_ms"]}
+        if self.mqtt is not None:
+            s = self.mqtt.snapshot()
+            lab = (("downstream", "mqtt"),)
+            for name, key in (("delivered", "delivered"), ("reconnects", "reconnects"),
+                              ("republished", "republished"), ("state_errors", "state_errors")):
+                counters.setdefault(name, {})[lab] = s[key]
+            gauges.setdefault("pending", {})[lab] = s["pending"]
+            gauges["broker_connected"] = {lab: s["connected"]}
+            latency.setdefault("ack_latency", {})[lab] = s["ack_latency_ms"]
         self._snapshot = {"counters": counters, "gauges": gauges, "latency_ms": latency,
                           "help": {"delivered": "alerts acknowledged by the downstream (PLC ack, PUBACK, written)",
                                    "pending": "alerts received and not yet acknowledged by the downstream",
@@ -219,6 +271,8 @@ class Bridge:
             self.metrics.close()
         if self.modbus is not None:
             await self.modbus.stop()
+        if self.mqtt is not None:
+            await self.mqtt.stop()
         if self.intake is not None and self.intake.is_alive():
             self.intake.stop()
             self.intake.join(5)
@@ -237,6 +291,8 @@ def main(argv: list[str] | None = None) -> int:
         check_args(args)
         if args.modbus_port is not None:
             modbus_config(args)
+        if args.mqtt_host is not None:
+            mqtt_config(args)
         curve_config = CurveConfig.from_args(args)
         curve = (curve_config.secret, curve_config.server_key) if curve_config.check(client=True) else None
     except (ConfigError, SecurityError) as e:

@@ -32,12 +32,14 @@ def free_port() -> int:
 class BridgeProc:
     """edge-bridge in a subprocess (its own process group, so SIGKILL takes all of it)."""
 
-    def __init__(self, tmp_path: Path, node: SimNode, *args: str, port: int | None = None, state: Path | None = None):
+    def __init__(self, tmp_path: Path, node: SimNode, *args: str, port: int | None = None, state: Path | None = None,
+                 modbus: bool = True):
         self.port = port or free_port()
         self.state = state or tmp_path / "bridge.sqlite"
         self.log = tmp_path / f"bridge-{time.monotonic_ns()}.log"
         self.cmd = [sys.executable, "-m", "edge.bridge.cli", "--insecure", "--connect", node.connect,
-                    "--state", str(self.state), "--modbus-port", str(self.port), "--since-start", "-v", *args]
+                    "--state", str(self.state), *(["--modbus-port", str(self.port)] if modbus else []),
+                    "--since-start", "-v", *args]
         with open(self.log, "w") as log:
             self.proc = subprocess.Popen(self.cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
                                          start_new_session=True)
