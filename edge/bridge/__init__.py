@@ -9,6 +9,7 @@ One job per module:
 - :mod:`edge.bridge.modbus`: the Modbus TCP server, vision-sensor register map and handshake
   (docs/plc.md);
 - :mod:`edge.bridge.mqtt`: the MQTT publisher (QoS 1, alert_id, retained status, last will, TLS);
+- :mod:`edge.bridge.opcua`: the OPC UA server (Machine Vision result variables, an event per result, Basic256Sha256);
 - :mod:`edge.bridge.metrics`: the bridge's Prometheus metrics;
 - :mod:`edge.bridge.cli`: the ``edge-bridge`` command line.
 

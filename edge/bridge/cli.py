@@ -24,6 +24,7 @@ from edge.bridge.intake import Intake
 from edge.bridge.metrics import BridgeMetricsServer
 from edge.bridge.modbus import ModbusBridge, ModbusConfig
 from edge.bridge.mqtt import MqttBridge, MqttConfig
+from edge.bridge.opcua import OpcuaBridge, OpcuaConfig
 from edge.bridge.outbox import Outbox, StateError
 from edge.security import CurveConfig, SecurityError, add_curve_arguments, insecure_warning
 from edge.subscriber.client import parse_connect
@@ -99,6 +100,12 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--mqtt-tls-key", metavar="FILE", help="its private key")
     q.add_argument("--mqtt-keepalive", type=int, default=10, metavar="S",
                    help="MQTT keep-alive (default 10 s): the broker publishes the last will within 1.5 x S")
+    u = p.add_argument_group("OPC UA server (docs/plc.md, OPC UA)")
+    u.add_argument("--opcua-endpoint", metavar="URL",
+                   help="serve results on this endpoint, e.g. opc.tcp://0.0.0.0:4840/edge-inspect/: turns OPC UA on")
+    u.add_argument("--opcua-cert", metavar="FILE", help="the server's certificate (DER or PEM)")
+    u.add_argument("--opcua-key", metavar="FILE", help="its private key (PEM)")
+    u.add_argument("--opcua-trust", metavar="DIR", help="folder of trusted client certificates (X.509 users)")
     o = p.add_argument_group("metrics")
     o.add_argument("--metrics-port", type=int, metavar="PORT", help="serve Prometheus /metrics on this port")
     o.add_argument("--metrics-host", default="127.0.0.1", metavar="ADDR", help="default 127.0.0.1")
@@ -121,8 +128,11 @@ def check_args(args: argparse.Namespace) -> None:
     if args.mqtt_host is None and any(getattr(args, a) is not None for a in (
             "mqtt_port", "mqtt_username", "mqtt_password_file", "mqtt_tls_ca", "mqtt_tls_cert", "mqtt_tls_key")):
         raise ConfigError("MQTT options without --mqtt-host: give the broker's --mqtt-host")
-    if args.modbus_port is None and args.mqtt_host is None:
-        raise ConfigError("no downstream: give --modbus-port PORT (a PLC polls it) and/or --mqtt-host HOST")
+    if args.opcua_endpoint is None and any((args.opcua_cert, args.opcua_key, args.opcua_trust)):
+        raise ConfigError("OPC UA options without --opcua-endpoint: give the endpoint to serve")
+    if args.modbus_port is None and args.mqtt_host is None and args.opcua_endpoint is None:
+        raise ConfigError("no downstream: give --modbus-port PORT (a PLC polls it), --mqtt-host HOST and/or "
+                          "--opcua-endpoint URL")
     if args.modbus_port is not None:
         if not 1 <= args.modbus_port <= 65535:
             raise ConfigError(f"--modbus-port {args.modbus_port}: give 1..65535")
@@ -168,6 +178,16 @@ def mqtt_config(args) -> MqttConfig:
     return cfg
 
 
+def opcua_config(args) -> OpcuaConfig:
+    cfg = OpcuaConfig(endpoint=args.opcua_endpoint, cert=args.opcua_cert, key=args.opcua_key, trust=args.opcua_trust,
+                      insecure=args.insecure)
+    try:
+        cfg.check()
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
+    return cfg
+
+
 class Bridge:
     """The running bridge: intake thread + downstreams in one asyncio loop."""
 
@@ -177,13 +197,14 @@ class Bridge:
         self.outbox: Outbox | None = None
         self.modbus: ModbusBridge | None = None
         self.mqtt: MqttBridge | None = None
+        self.opcua: OpcuaBridge | None = None
         self.metrics: BridgeMetricsServer | None = None
         self._snapshot: dict = {}
         self.stop_event = asyncio.Event()
         self.failure: str | None = None
 
     def _wake_all(self) -> None:
-        for d in (self.modbus, self.mqtt):
+        for d in (self.modbus, self.mqtt, self.opcua):
             if d is not None:
                 d.wake.set()
 
@@ -203,6 +224,12 @@ class Bridge:
             if args.mqtt_host is not None:
                 self.mqtt = MqttBridge(self.outbox, mqtt_config(args))
                 await self.mqtt.start()
+            if args.opcua_endpoint is not None:
+                self.opcua = OpcuaBridge(self.outbox, opcua_config(args), cameras=args.camera)
+                try:
+                    await self.opcua.start()
+                except ValueError as e:
+                    raise ConfigError(str(e)) from e
             self.intake.start()
             await loop.run_in_executor(None, self.intake.started.wait, 30)
             if self.intake.error:
@@ -259,6 +286,13 @@ class Bridge:
             gauges.setdefault("pending", {})[lab] = s["pending"]
             gauges["broker_connected"] = {lab: s["connected"]}
             latency.setdefault("ack_latency", {})[lab] = s["ack_latency_ms"]
+        if self.opcua is not None:
+            s = self.opcua.snapshot()
+            lab = (("downstream", "opcua"),)
+            counters.setdefault("delivered", {})[lab] = s["written"]
+            counters.setdefault("state_errors", {})[lab] = s["state_errors"]
+            gauges.setdefault("pending", {})[lab] = s["pending"]
+            latency.setdefault("ack_latency", {})[lab] = s["latency_ms"]
         self._snapshot = {"counters": counters, "gauges": gauges, "latency_ms": latency,
                           "help": {"delivered": "alerts acknowledged by the downstream (PLC ack, PUBACK, written)",
                                    "pending": "alerts received and not yet acknowledged by the downstream",
@@ -273,6 +307,8 @@ class Bridge:
             await self.modbus.stop()
         if self.mqtt is not None:
             await self.mqtt.stop()
+        if self.opcua is not None:
+            await self.opcua.stop()
         if self.intake is not None and self.intake.is_alive():
             self.intake.stop()
             self.intake.join(5)
@@ -293,6 +329,8 @@ def main(argv: list[str] | None = None) -> int:
             modbus_config(args)
         if args.mqtt_host is not None:
             mqtt_config(args)
+        if args.opcua_endpoint is not None:
+            opcua_config(args)
         curve_config = CurveConfig.from_args(args)
         curve = (curve_config.secret, curve_config.server_key) if curve_config.check(client=True) else None
     except (ConfigError, SecurityError) as e:
