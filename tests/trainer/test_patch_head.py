@@ -91,3 +91,6 @@ def test_hybrid_runs_the_backbone_once_and_exports_it_once(runs, tmp_path):
     score, heatmap, members = session.run(None, {"images": x.numpy()})
     np.testing.assert_allclose(score, fused.score.numpy(), rtol=1e-3, atol=1e-3)
     np.testing.assert_allclose(members, fused.member_scores.numpy(), rtol=1e-3, atol=1e-3)
+    for flat in (0.0, 0.5, 1.0):  # a dead camera or a lens cap: the standardisation must not divide by zero
+        score, heatmap, members = session.run(None, {"images": np.full((1, 1, SIZE, SIZE), flat, np.float32)})
+        assert np.isfinite(score).all() and np.isfinite(heatmap).all() and np.isfinite(members).all(), flat

@@ -29,7 +29,9 @@ STANDARD_MEAN, STANDARD_SD = 0.5, 0.2
 def standardize_images(images: torch.Tensor) -> torch.Tensor:
     """Each image to mean 0.5, SD 0.2 over its pixels and channels; a flat image becomes 0.5."""
     centered = images - images.mean(dim=(1, 2, 3), keepdim=True)
-    sd = (centered * centered).mean(dim=(1, 2, 3), keepdim=True).add(1e-8).sqrt()  # plain ops: ONNX, TensorRT
+    # a floor, not "+ eps": the ONNX exporter dropped a "+ 1e-8" and a flat frame (dead camera, lens cap)
+    # became 0 / 0 = NaN in ONNX Runtime while torch gave 0.5 (tests/trainer/test_patch_head.py checks the graph)
+    sd = (centered * centered).mean(dim=(1, 2, 3), keepdim=True).clamp_min(1e-8).sqrt()
     return centered / sd * STANDARD_SD + STANDARD_MEAN
 
 
