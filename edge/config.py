@@ -24,6 +24,7 @@ class PipelineConfig:
     no_drop: bool = False
     fps_limit: float | None = None
     max_batch: int | None = None          # None: the engine's
+    max_queue_delay_ms: float = 5.0       # score stage: the longest a frame waits for a fuller batch (edge.batcher)
     publish: str = "all"                  # "all" verdicts or only "defects" (NotOK + NotDecidable)
     thumbnails: str = "defects"           # heatmap thumbnails on "all", "defects" or "none" alerts
     threshold: float | None = None        # overrides the manifest's calibrated threshold (explicitly)

@@ -459,6 +459,10 @@ reopened with back-off and reported as a NotDecidable alert ("camera blind")."""
                    help="a live camera silent for S seconds is reported blind and reopened (default 5)")
     p.add_argument("--fps", type=positive_rate, default=None, help="pace file sources like a camera at this frame rate")
     p.add_argument("--max-batch", type=positive_int, default=None, help="frames per engine call (default: the engine's max)")
+    p.add_argument("--max-queue-delay-ms", type=_number(float, 0, True, "a number of milliseconds (0 or more)"),
+                   default=PipelineConfig.max_queue_delay_ms, metavar="MS",
+                   help="the longest a frame waits in the score stage for others to fill a batch (Triton's "
+                        "max_queue_delay; default %(default)g; a sparse stream does not wait)")
     p.add_argument("--publish", choices=["all", "defects"], default="all",
                    help="publish an alert for every verdict, or only NotOK / NotDecidable (default all)")
     p.add_argument("--thumbnails", choices=["all", "defects", "none"], default="defects",
@@ -540,7 +544,7 @@ def config_from_args(a: argparse.Namespace) -> tuple[PipelineConfig, list[str]]:
     addr = {hop: getattr(a, f"{hop}_addr") or endpoints[hop] for hop in ("frames", "batches", "scored")}
     cfg = PipelineConfig(
         engine=str(a.engine), sources=list(a.source), rois=dict(a.roi), loop=a.loop, no_drop=a.no_drop,
-        fps_limit=a.fps, stall_timeout_s=a.stall_timeout, max_batch=a.max_batch, publish=a.publish, thumbnails=a.thumbnails, threshold=a.threshold,
+        fps_limit=a.fps, stall_timeout_s=a.stall_timeout, max_batch=a.max_batch, max_queue_delay_ms=a.max_queue_delay_ms, publish=a.publish, thumbnails=a.thumbnails, threshold=a.threshold,
         node_id=a.node_id, alerts_addr=a.alerts_addr, frames_addr=addr["frames"], batches_addr=addr["batches"],
         scored_addr=addr["scored"], metrics_addr=endpoints["metrics"], frames_inline=a.frames_inline,
         upstreams=a.upstreams, wait_subscribers=a.wait_subscribers, parent_pid=os.getpid(),

@@ -1,18 +1,23 @@
 """Score stage: uint8 batches -> the engine (edge.backends, TensorRT or ONNX Runtime) -> scored batches.
 
-Every wake-up takes all queued batches and runs them in chunks of the engine's
-max batch. In drop mode only the newest ``max_batch`` frames are scored when it
-falls behind (the older ones counted as dropped): a slow engine shows fewer
-frames, never older ones. Rejects and events pass through in order.
+Frames wait in a deadline batcher (edge.batcher): an engine call gets ``max_batch``
+frames, or fewer once the oldest has waited ``max_queue_delay_ms`` (or at once when
+the stream is sparse), so a saturated stream runs full batches and a camera's pace
+is not held back. In drop mode only the newest ``max_batch`` frames are kept when
+it falls behind (the older ones counted as dropped): a slow engine shows fewer
+frames, never older ones. Rejects pass through at once; an event or end-of-stream
+first sends the frames that arrived before it, so the order is kept.
 """
 from __future__ import annotations
 
+import math
 import time
 
 import numpy as np
 import zmq
 
 from edge.backends import BackendError, open_backend
+from edge.batcher import DeadlineBatcher
 from edge.config import PipelineConfig
 from edge.preprocess import to_engine_input
 from edge.stages.base import Stage
@@ -34,6 +39,8 @@ class ScoreStage(Stage):
         self.out = make_socket(self.ctx, zmq.PUSH, hwm=SEND_HWM)
         self.connect(self.out, cfg.scored_addr)
         self.eos_seen = 0
+        self.batcher = DeadlineBatcher(self.max_batch, cfg.max_queue_delay_ms / 1e3)
+        self.engine_ran = False   # the last loop called the engine: frames found queued now waited behind it
 
     def collect(self, messages: list) -> tuple[list, list, list, list]:
         items, pixels, rejects, controls = [], [], [], []
@@ -58,23 +65,37 @@ class ScoreStage(Stage):
                 self.malformed(e)
         return items, pixels, rejects, controls
 
-    def handle(self, messages: list) -> None:
-        items, pixels, rejects, controls = self.collect(messages)
-        for item in items:
-            self.metrics.inc("frames_in", item["camera"])
-        if not self.cfg.no_drop and len(items) > self.max_batch:
-            for item in items[:-self.max_batch]:
+    def handle(self, messages: list, queued: bool) -> None:
+        """Messages in arrival order: frames into the batcher, rejects on at once, and before an
+        event or end-of-stream every frame that came before it. ``queued``: these messages were
+        already waiting when the stage came back from the engine."""
+        for message in messages:
+            items, pixels, rejects, controls = self.collect([message])
+            for item in items:
+                self.metrics.inc("frames_in", item["camera"])
+            if rejects:
+                self.send_control(self.out, {"kind": "scored", "items": [], "rejects": rejects})
+            self.batcher.add(items, pixels, time.monotonic(), queued=queued)
+            for header in controls:
+                self.score_due(flush=True)
+                if header["kind"] == "eos":
+                    self.eos_seen += 1
+                else:
+                    self.send_control(self.out, header)
+        if not self.cfg.no_drop:   # behind: score the newest max_batch frames, drop the older ones
+            for item in self.batcher.drop_oldest(self.max_batch):
                 self.metrics.inc("dropped", item["camera"])
-            items, pixels = items[-self.max_batch:], pixels[-self.max_batch:]
-        if rejects:
-            self.send_control(self.out, {"kind": "scored", "items": [], "rejects": rejects})
-        for start in range(0, len(items), self.max_batch):
-            self.score(items[start:start + self.max_batch], pixels[start:start + self.max_batch])
-        for header in controls:
-            if header["kind"] == "eos":
-                self.eos_seen += 1
-            else:
-                self.send_control(self.out, header)
+
+    def score_due(self, flush: bool = False) -> None:
+        """Run every batch that is due (all pending frames with ``flush``)."""
+        now = time.monotonic()
+        since = self.batcher.oldest_since
+        for items, pixels in self.batcher.take(now, flush=flush):
+            if since is not None:   # how long the batch's oldest frame waited for company
+                self.metrics.observe("batch_wait_ms", (now - since) * 1e3)
+                since = None
+            self.score(items, pixels)
+            self.engine_ran = True
 
     def score(self, items: list, pixels: list) -> None:
         inputs = np.stack(pixels)
@@ -103,10 +124,18 @@ class ScoreStage(Stage):
         self.report(force=True, ready=True)
         try:
             while self.eos_seen < 1 and not self.orphaned() and not self.stopping:
-                messages = self.receive_all(self.inp, timeout_ms=100, limit=64)
+                wait = self.batcher.wait_s(time.monotonic())
+                timeout_ms = 100 if wait is None else math.ceil(wait * 1e3)
+                # frames already waiting after an engine call arrived while it ran: a dense stream
+                queued = self.engine_ran and bool(self.inp.poll(0))
+                self.engine_ran = False
+                messages = self.receive_all(self.inp, timeout_ms=timeout_ms, limit=64)
                 if messages:
-                    self.handle(messages)
+                    self.handle(messages, queued=queued)
+                self.score_due()
                 self.report()
+            if not self.orphaned():   # stopped (end-of-stream or SIGTERM): what waits is scored first
+                self.score_due(flush=True)
             self.end_stream(self.out)
         finally:
             self.close()
