@@ -30,7 +30,9 @@ MAX_ALERT_BYTES = 1 << 20
 # Optional for readers (added after version 1 first shipped; absent from older nodes' alerts).
 # journal_id: the node's alert journal (edge/journal.py) that numbers alert_seq; a new id means the
 # numbering started over (a new or reset journal), so (node, journal_id, alert_seq) names an alert.
-OPTIONAL = {"journal_id": (str, type(None))}
+# part_id: which part the frame showed, where the source knows it (an image folder: the file name);
+# nil for cameras and video files. OPC 40001-101 ResultMetaData PartId; the MES traces a verdict by it.
+OPTIONAL = {"journal_id": (str, type(None)), "part_id": (str, type(None))}
 
 REQUIRED = {
     "schema": str, "v": int, "node": str, "alert_seq": int, "camera": str, "frame_seq": int,
@@ -50,7 +52,7 @@ def make_alert(*, node: str, alert_seq: int, camera: str, frame_seq: int, captur
                normalised_score: float | None, threshold: float, model_version: str,
                regions: list[dict] | None = None, reason: str | None = None,
                thumbnail_jpeg: bytes | None = None, is_simulated: bool = False,
-               journal_id: str | None = None) -> dict:
+               journal_id: str | None = None, part_id: str | None = None) -> dict:
     """An alert map with every field of the schema (see module doc and docs/alerts.md)."""
     if verdict not in VERDICTS:
         raise AlertError(f"verdict must be one of {VERDICTS}, got {verdict!r}")
@@ -62,7 +64,7 @@ def make_alert(*, node: str, alert_seq: int, camera: str, frame_seq: int, captur
         "normalised_score": None if normalised_score is None else float(normalised_score),
         "threshold": float(threshold), "model_version": model_version, "regions": list(regions or []),
         "reason": reason, "thumbnail_jpeg": thumbnail_jpeg, "is_simulated": bool(is_simulated),
-        "journal_id": journal_id,
+        "journal_id": journal_id, "part_id": part_id,
     }
     validate_alert(alert)
     return alert

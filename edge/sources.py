@@ -27,7 +27,14 @@ OpenCV does all the reading; numpy + OpenCV + stdlib only (this runs on the line
 Examples: ``0``, ``line1=rtsp://10.0.0.7/stream1@100,50,640,480``,
 ``top=/data/clips/run3.avi``, ``cam2=gst:nvarguscamerasrc ! nvvidconv ! ... ! appsink``.
 
-Events (``on_event(camera, event, detail)``):
+Part identity: each frame comes with a ``part_id`` where the source knows which part it shows:
+the image's file name (``cell0004.png``) for a folder, or for a file source that is a single
+image; None for a video file (its frames are positions in a clip, ``seq`` says which) and for
+every live source (a camera does not know the part in front of it). A PLC trigger that hands
+over its part counter does not exist yet: that is where such a source would set it.
+
+Events (``on_event(camera, event, detail, part_id)``; ``part_id`` as above for a ``bad_frame``
+of an image that could not be used, else None):
 
 ``opened``       once, before any frame: a file/folder was opened; a live source
                  delivered its first frame (detail: backend, size, fps)
@@ -100,8 +107,8 @@ _ROI_RE = re.compile(r"\s*(\d+)\s*,\s*(\d+)\s*,\s*(\d+)\s*,\s*(\d+)\s*")
 _GST_RE = re.compile(r"\s!\s")
 _DEVICE_PATH_RE = re.compile(r"/dev/video\d+")
 
-OnFrame = Callable[[str, int, np.ndarray, str, float, float], None]
-OnEvent = Callable[[str, str, str], None]
+OnFrame = Callable[[str, int, np.ndarray, str, float, float, "str | None"], None]
+OnEvent = Callable[[str, str, str, "str | None"], None]
 
 
 class SourceError(ValueError):
@@ -224,6 +231,10 @@ def ffmpeg_available() -> bool:
 def natural_key(name: str) -> list:
     """Sort key that puts img2 before img10."""
     return [(0, int(p), "") if p.isdigit() else (1, 0, p) for p in re.split(r"(\d+)", name) if p]
+
+
+def is_image_file(path: str) -> bool:
+    return os.path.splitext(path)[1].lower() in IMAGE_EXTENSIONS
 
 
 def list_images(folder: str) -> list[str]:
@@ -372,8 +383,9 @@ class _Grabber:
 class CameraReader:
     """Reads one camera in its own thread and hands every frame to ``on_frame``.
 
-    ``on_frame(camera, seq, frame, pixel_format, capture_mono, capture_wall)`` and
-    ``on_event(camera, event, detail)`` are called from the camera's thread only;
+    ``on_frame(camera, seq, frame, pixel_format, capture_mono, capture_wall, part_id)`` and
+    ``on_event(camera, event, detail, part_id)`` are called from the camera's thread only
+    (``part_id``: module doc);
     ``on_frame`` may block (no-drop backpressure slows a file source down; for a
     live source the grabber waits, holding at most one frame, and the watchdog does
     not count that wait as a stall). ``seq`` starts at 0 and grows by one per frame
@@ -518,9 +530,9 @@ class CameraReader:
                 self._grabber.abandon()
             self._done.set()
 
-    def _event(self, event: str, detail: str) -> None:
+    def _event(self, event: str, detail: str, part_id: str | None = None) -> None:
         try:
-            self.on_event(self.camera, event, detail)
+            self.on_event(self.camera, event, detail, part_id)
         except Exception as e:
             self._callback_failed("on_event", e)
 
@@ -530,35 +542,36 @@ class CameraReader:
         self._stop.set()
         raise _CallbackFailed from e
 
-    def _bad_frame(self, key: str, detail: str, rate_limited: bool) -> None:
+    def _bad_frame(self, key: str, detail: str, rate_limited: bool, part_id: str | None = None) -> None:
         self.stats["bad_frames"] += 1
         if not rate_limited:
-            self._event("bad_frame", detail)
+            self._event("bad_frame", detail, part_id)
             return
         now = time.monotonic()
         last, suppressed = self._bad_reported.get(key, (-1e18, 0))
         if now - last >= BAD_FRAME_REPORT_INTERVAL_S:
             more = f" ({suppressed} more since the last report)" if suppressed else ""
             self._bad_reported[key] = (now, 0)
-            self._event("bad_frame", detail + more)
+            self._event("bad_frame", detail + more, part_id)
         else:
             self._bad_reported[key] = (last, suppressed + 1)
 
-    def _deliver(self, image: np.ndarray, mono: float, wall: float, what: str, rate_limited: bool) -> bool:
+    def _deliver(self, image: np.ndarray, mono: float, wall: float, what: str, rate_limited: bool,
+                 part_id: str | None = None) -> bool:
         """Check and hand one frame to on_frame; False if it was refused (bad_frame)."""
         try:
             frame, fmt = as_pipeline_frame(image)
         except BadFrame as e:
-            self._bad_frame("format", f"{what}: {e}", rate_limited)
+            self._bad_frame("format", f"{what}: {e}", rate_limited, part_id)
             return False
         if not self.spec.roi_fits(frame.shape):
             x, y, w, h = self.spec.roi
             self._bad_frame("roi", f"{what}: ROI x={x} y={y} w={w} h={h} lies outside the "
-                                   f"{frame.shape[1]}x{frame.shape[0]} frame", rate_limited)
+                                   f"{frame.shape[1]}x{frame.shape[0]} frame", rate_limited, part_id)
             return False
         seq = self._seq
         try:
-            self.on_frame(self.camera, seq, frame, fmt, mono, wall)
+            self.on_frame(self.camera, seq, frame, fmt, mono, wall, part_id)
         except Exception as e:
             self._callback_failed("on_frame", e)
         self._seq = seq + 1
@@ -626,6 +639,8 @@ class CameraReader:
                 self._event("opened", f"{self.spec.shown}: {describe_capture(cap)}"
                                       + (f", {declared} frames" if declared > 0 else ""))
             delivered = read = 0
+            # one image given as the file: that image is the part (a video's frames are not parts)
+            part_id = os.path.basename(self.spec.target) if is_image_file(self.spec.target) else None
             while self._pace():
                 try:
                     ok, image = cap.read()
@@ -637,7 +652,7 @@ class CameraReader:
                     break
                 read += 1
                 if self._deliver(image, time.monotonic(), time.time(), f"{self.spec.shown} frame {read - 1}",
-                                 rate_limited=True):
+                                 rate_limited=True, part_id=part_id):
                     delivered += 1
             short = f" (the file declares {declared})" if 0 < declared != read and not self._stop.is_set() else ""
             return delivered, f"end of {self.spec.shown} after {read} frames{short}"
@@ -659,10 +674,11 @@ class CameraReader:
                 break
             image = cv2.imread(path, cv2.IMREAD_UNCHANGED)
             mono, wall = time.monotonic(), time.time()
+            part_id = os.path.basename(path)   # the image is the part: the MES traces its verdict by name
             if image is None:
-                self._bad_frame("read", f"{path}: unreadable or not an image", rate_limited=False)
+                self._bad_frame("read", f"{path}: unreadable or not an image", rate_limited=False, part_id=part_id)
                 continue
-            if self._deliver(image, mono, wall, path, rate_limited=False):
+            if self._deliver(image, mono, wall, path, rate_limited=False, part_id=part_id):
                 delivered += 1
         return delivered, f"end of image folder {self.spec.shown} ({len(images)} files, {delivered} delivered)"
 

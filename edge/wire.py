@@ -1,6 +1,8 @@
 """Messages between pipeline stages: a msgpack header frame, then raw array frames.
 
-    frame   capture -> preprocess   [header]            pixels in shared memory (same host)
+    frame   capture -> preprocess   [header]            pixels in shared memory (same host); the header
+                                                        names camera, seq, capture times, shape, pixel
+                                                        format and part_id (a folder image's file name, or nil)
                                     [header, pixels]    pixels inline (stages on different hosts)
     batch   preprocess -> score     [header, inputs]    inputs: uint8 (B, C, H, W) at the model size
     scored  score -> alert          [header, inputs, score, anomaly_map]
@@ -99,13 +101,15 @@ def field(header: dict, key: str, kind: type | tuple):
 
 
 def check_items(items) -> list[dict]:
-    """Per-frame records inside batch/scored messages: camera, seq, capture times (mono, wall)."""
+    """Per-frame records inside batch/scored messages: camera, seq, capture times (mono, wall), and
+    the part id where the source has one (str; absent or nil otherwise)."""
     if not isinstance(items, list):
         raise MessageError("items must be a list")
     for item in items:
         if not (isinstance(item, dict) and isinstance(item.get("camera"), str)
                 and isinstance(item.get("seq"), int) and not isinstance(item.get("seq"), bool)
                 and all(isinstance(item.get(k), (int, float)) and not isinstance(item.get(k), bool)
-                        for k in ("mono", "wall"))):
+                        for k in ("mono", "wall"))
+                and isinstance(item.get("part_id"), (str, type(None)))):
             raise MessageError(f"bad frame record {str(item)[:80]}")
     return items

@@ -46,7 +46,15 @@ REG_NORMALISED_X1000 = 14   # round(normalised_score * 1000), 0..1000; 65535 wit
 REG_RESERVED = 15
 REG_ACK = 16                # 2 registers, written by the PLC: the result counter it acknowledges
 REG_CONTROL = 18            # written by the PLC: bit 0 clears the overrun latch, bit 1 the error
-N_REGISTERS = 19
+# The part id block (read only), after the PLC's registers so that 0..15 keep their meaning and a
+# PLC that needs no part id never reads it. Read 0..53 in one request for a snapshot of both; read
+# apart, PART_ID_COUNTER (a copy of RESULT_COUNTER) tells the PLC which result the id belongs to.
+REG_PART_ID_COUNTER = 19    # 2 registers, u32: the result counter this part id belongs to (0: none)
+REG_PART_ID_LENGTH = 21     # the part id's length in bytes (UTF-8); above PART_ID_MAX_BYTES: truncated
+REG_PART_ID = 22            # PART_ID_REGISTERS registers: the id, 2 bytes each, first byte in the high byte
+PART_ID_MAX_BYTES = 64
+PART_ID_REGISTERS = PART_ID_MAX_BYTES // 2
+N_REGISTERS = REG_PART_ID + PART_ID_REGISTERS      # 54
 PLC_WRITABLE = range(REG_ACK, REG_CONTROL + 1)
 
 # Status bits (REG_STATUS, and discrete inputs 0..8, FC2)
@@ -85,6 +93,18 @@ def u32_words(value: int) -> list[int]:
 
 def i32_words(value: int) -> list[int]:
     return u32_words(max(-(1 << 31), min((1 << 31) - 1, int(value))))
+
+
+def string_words(text: str, n_registers: int) -> list[int]:
+    """``text`` as UTF-8 in ``n_registers`` registers, two bytes per register, the first in the high
+    byte (the order of Cognex's and Siemens' string registers), zero-padded, cut at the end."""
+    raw = text.encode()[:2 * n_registers].ljust(2 * n_registers, b"\0")
+    return [raw[i] << 8 | raw[i + 1] for i in range(0, len(raw), 2)]
+
+
+def words_string(words: list[int], length: int) -> str:
+    raw = b"".join(bytes([w >> 8 & 0xFF, w & 0xFF]) for w in words)[:length]
+    return raw.decode(errors="replace")   # a UTF-8 sequence cut at the register end shows as U+FFFD
 
 
 def words_u32(hi: int, lo: int) -> int:
@@ -302,6 +322,11 @@ class ModbusBridge:
             ns = a.get("normalised_score")
             regs[REG_NORMALISED_X1000] = (max(0, min(1000, round(ns * 1000)))
                                           if ns is not None and math.isfinite(ns) else 0xFFFF)
+            part_id = a.get("part_id")
+            if part_id:
+                regs[REG_PART_ID_COUNTER:REG_PART_ID_COUNTER + 2] = u32_words(a["alert_seq"])
+                regs[REG_PART_ID_LENGTH] = min(len(part_id.encode()), 0xFFFF)
+                regs[REG_PART_ID:REG_PART_ID + PART_ID_REGISTERS] = string_words(part_id, PART_ID_REGISTERS)
         elif self._last_acked_counter is not None:
             # nothing waiting: the counter stays at the last result acked, so the PLC sees its ack took
             regs[REG_RESULT_COUNTER:REG_RESULT_COUNTER + 2] = u32_words(self._last_acked_counter)
@@ -449,8 +474,10 @@ def check_bind(host: str, port: int) -> None:
 
 
 def decode_registers(regs: list[int]) -> dict:
-    """Registers 0..15 as a PLC reads them (FC3 or FC4), decoded by this map: what docs/plc.md
-    describes, in code (the demo's PLC client and the tests read results with it)."""
+    """Registers 0..15 (or 0..53, with the part id block) as a PLC reads them (FC3 or FC4), decoded
+    by this map: what docs/plc.md describes, in code (the demo's PLC client and the tests read
+    results with it). ``part_id`` is None when the block was not read or holds no id for the
+    result presented."""
     status = regs[REG_STATUS]
     names = {BIT_ONLINE: "online", BIT_READY: "ready", BIT_RESULT_VALID: "result_valid", BIT_PASS: "pass",
              BIT_FAIL: "fail", BIT_NOT_DECIDABLE: "not_decidable", BIT_ERROR: "error", BIT_OVERRUN: "overrun",
@@ -465,4 +492,10 @@ def decode_registers(regs: list[int]) -> dict:
                region_count=regs[REG_REGION_COUNT], queue_depth=regs[REG_QUEUE_DEPTH],
                overrun_count=regs[REG_OVERRUN_COUNT], error_code=regs[REG_ERROR_CODE],
                normalised_x1000=None if regs[REG_NORMALISED_X1000] == 0xFFFF else regs[REG_NORMALISED_X1000])
+    part_id = None
+    if len(regs) >= N_REGISTERS and regs[REG_PART_ID_LENGTH] and out["result_valid"] and \
+            words_u32(*regs[REG_PART_ID_COUNTER:REG_PART_ID_COUNTER + 2]) == out["result_counter"]:
+        part_id = words_string(regs[REG_PART_ID:REG_PART_ID + PART_ID_REGISTERS],
+                               min(regs[REG_PART_ID_LENGTH], PART_ID_MAX_BYTES))
+    out.update(part_id=part_id, part_id_length=regs[REG_PART_ID_LENGTH] if len(regs) >= N_REGISTERS else None)
     return out

@@ -3,10 +3,10 @@
 Topics (``--mqtt-prefix``, default ``edge-inspect``; docs/plc.md "MQTT"):
 
 - ``<prefix>/<node>/alert/<camera>/<verdict>``: one message per alert, QoS 1, not retained; the
-  JSON of docs/alerts.md (what ``edge-alerts --json`` prints) plus ``alert_id`` =
+  JSON of docs/alerts.md (what ``edge-alerts --json`` prints, ``part_id`` included) plus ``alert_id`` =
   ``"<node>/<journal_id>/<alert_seq>"``: a consumer de-duplicates redeliveries by it;
 - ``<prefix>/<node>/status/<camera>``: retained, the camera's last result (alert_id, verdict,
-  alert_seq, capture_wall): a dashboard that connects sees each camera's state at once;
+  alert_seq, capture_wall, frame_seq, part_id): a dashboard that connects sees each camera's state at once;
 - ``<prefix>/bridge/<client id>``: retained ``online``; the last will (retained ``offline``) is
   published by the broker when the bridge's connection dies (client id: ``--mqtt-client-id``,
   default ``edge-bridge-<host name>``).
@@ -193,7 +193,8 @@ class MqttBridge:
             self._sent_upto = oid
             self.counters["published"] += 1
             status = {"alert_id": aid, "alert_seq": alert["alert_seq"], "verdict": alert["verdict"],
-                      "capture_wall": alert["capture_wall"], "frame_seq": alert["frame_seq"]}
+                      "capture_wall": alert["capture_wall"], "frame_seq": alert["frame_seq"],
+                      "part_id": alert.get("part_id")}
             self._client.publish(f"{base}/status/{cam}", json.dumps(status), qos=1, retain=True)
 
     async def start(self) -> None:

@@ -4,7 +4,8 @@ bench/bridge_latency.py use :class:`PlcClient` as the PLC.
 
     python -m edge.bridge.plc_client --port 5020 --count 50
 
-Each poll reads registers 0..15 in one request (one consistent snapshot); a new result is
+Each poll reads registers 0..15 in one request (one consistent snapshot; 0..53 with the part id
+block, ``part_id=True``: the demo prints each result's part, the image's file name); a new result is
 Result Valid = 1 with a result counter other than the last one acknowledged; it is acted on,
 then acknowledged by writing its counter into registers 16-17 in one FC16 write. A result
 counts as consumed only when that write succeeded; if it failed (the bridge died), the same
@@ -17,8 +18,8 @@ import logging
 import sys
 import time
 
-from edge.bridge.modbus import (COIL_REJECT, CONTROL_CLEAR_ERROR, CONTROL_CLEAR_OVERRUN, REG_ACK, REG_CONTROL,
-                                decode_registers, u32_words)
+from edge.bridge.modbus import (COIL_REJECT, CONTROL_CLEAR_ERROR, CONTROL_CLEAR_OVERRUN, N_REGISTERS, REG_ACK,
+                                REG_CONTROL, decode_registers, u32_words)
 
 N_READ = 16
 
@@ -29,9 +30,11 @@ class PlcClient:
     """pymodbus's synchronous client on one bridge. Methods return None (or False) instead of
     raising when the bridge does not answer: a PLC sees a failed request, not an exception."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 5020, unit: int = 1, timeout: float = 1.0):
+    def __init__(self, host: str = "127.0.0.1", port: int = 5020, unit: int = 1, timeout: float = 1.0,
+                 part_id: bool = False):
         from pymodbus.client import ModbusTcpClient
         self.unit = unit
+        self.n_read = N_REGISTERS if part_id else N_READ   # 0..53 (with the part id block) or 0..15
         self.client = ModbusTcpClient(host, port=port, timeout=timeout, retries=0, reconnect_delay=0.1,
                                       reconnect_delay_max=0.5)
 
@@ -39,11 +42,12 @@ class PlcClient:
         return response is not None and not response.isError()
 
     def read(self) -> dict | None:
-        """Registers 0..15 decoded (edge.bridge.modbus.decode_registers); None when unanswered."""
+        """Registers 0..15 (0..53 with ``part_id``) decoded (edge.bridge.modbus.decode_registers);
+        None when unanswered."""
         try:
             if not self.client.connected and not self.client.connect():
                 return None
-            r = self.client.read_holding_registers(0, count=N_READ, device_id=self.unit)
+            r = self.client.read_holding_registers(0, count=self.n_read, device_id=self.unit)
         except Exception:   # pymodbus raises ConnectionException / ModbusIOException on a dead link
             self.client.close()
             return None
@@ -145,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--count", type=int, help="stop after N results")
     p.add_argument("--timeout", type=float, default=60.0, help="stop after S seconds without a new result")
     args = p.parse_args(argv)
-    plc = PlcClient(args.host, args.port, args.unit)
+    plc = PlcClient(args.host, args.port, args.unit, part_id=True)
     consumer = Consumer(plc)
     dog = HeartbeatWatchdog(timeout_s=1.0)
     last_new, healthy = time.monotonic(), True
@@ -154,6 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"PLC  read  counter={r['result_counter']:<6} camera={r['camera_index']} frame={r['frame_seq']:<6} "
               f"verdict={r['verdict_code']} ({r['verdict']:<12}) score_x1000={r['score_x1000']:<6} "
               f"regions={r['region_count']} queue={r['queue_depth']} status=0x{r['status']:04x}"
+              f"{' part=' + r['part_id'] if r['part_id'] else ''}"
               f"{' REJECT' if r['reject'] else ''}{' OVERRUN' if r['overrun'] else ''}", flush=True)
     try:
         while args.count is None or len(consumer.results) < args.count:

@@ -160,7 +160,7 @@ class AlertStage(Stage):
 
     def publish(self, camera: str, frame_seq: int, mono: float, wall: float, verdict: str, rules: CameraRules,
                 score: float | None = None, regions=None, reason: str | None = None,
-                thumbnail: bytes | None = None) -> None:
+                thumbnail: bytes | None = None, part_id: str | None = None) -> None:
         latency_ms = (time.monotonic() - mono) * 1e3
         if frame_seq >= 0:   # a frame's verdict; an alert about the camera itself is not a frame
             self.metrics.inc(f"verdict_{verdict}", camera)
@@ -177,7 +177,7 @@ class AlertStage(Stage):
             normalised_score=None if score is None else float(normalised_score(score, rules.center, rules.scale)),
             threshold=rules.threshold, model_version=self.manifest["model_version"], regions=regions,
             reason=reason, thumbnail_jpeg=thumbnail, is_simulated=self.cfg.is_simulated,
-            journal_id=self.journal.journal_id)
+            journal_id=self.journal.journal_id, part_id=part_id)
         frames = encode_alert(alert)
         if len(frames[1]) > MAX_ALERT_BYTES:  # a huge thumbnail must not make the alert unreadable
             alert["thumbnail_jpeg"] = None
@@ -228,7 +228,7 @@ class AlertStage(Stage):
         rules = self.rules_for(camera)
         if not (math.isfinite(score) and np.isfinite(heatmap).all()):
             self.publish(camera, item["seq"], item["mono"], item["wall"], "NotDecidable", rules,
-                         reason="the engine returned a non-finite score or heatmap")
+                         reason="the engine returned a non-finite score or heatmap", part_id=item.get("part_id"))
             return
         verdict = "NotOK" if score > rules.threshold else "OK"
         regions = frame_regions(heatmap, rules, item) if verdict == "NotOK" else []
@@ -236,7 +236,7 @@ class AlertStage(Stage):
         thumb = heat_thumbnail(pixels, heatmap, 2 * float(rules.pixel_threshold or heatmap.max() or 1.0)) \
             if want_thumb and (self.cfg.publish == "all" or verdict != "OK") else None
         self.publish(camera, item["seq"], item["mono"], item["wall"], verdict, rules, score=score,
-                     regions=regions, thumbnail=thumb)
+                     regions=regions, thumbnail=thumb, part_id=item.get("part_id"))
 
     def handle(self, header: dict, arrays: list) -> None:
         kind = header["kind"]
@@ -248,7 +248,8 @@ class AlertStage(Stage):
             if event in ("blind", "bad_frame"):
                 self.publish(camera, -1, float(header.get("mono", time.monotonic())),
                              float(header.get("wall", time.time())), "NotDecidable", self.rules_for(camera),
-                             reason=f"camera {event}: {header.get('detail', '')}")
+                             reason=f"camera {event}: {header.get('detail', '')}",
+                             part_id=field(header, "part_id", (str, type(None))))   # an unreadable image: its name
             return
         if kind != "scored":
             raise MessageError(f"unexpected {kind} message")
@@ -259,7 +260,8 @@ class AlertStage(Stage):
         for r in rejects:
             self.metrics.inc("frames_in", r["camera"])
             self.publish(r["camera"], r["seq"], float(r["mono"]), float(r["wall"]), "NotDecidable",
-                         self.rules_for(r["camera"]), reason=str(r.get("reason", "frame rejected"))[:500])
+                         self.rules_for(r["camera"]), reason=str(r.get("reason", "frame rejected"))[:500],
+                         part_id=r.get("part_id"))
         if not items:
             return
         pixels, scores, maps = arrays

@@ -146,16 +146,17 @@ class CaptureStage(Stage):
                 self.metrics.inc("bad_frames", r.camera, n=new)
                 self._bad_counted[r.camera] = n
 
-    def on_frame(self, camera: str, seq: int, frame, pixel_format: str, mono: float, wall: float) -> None:
+    def on_frame(self, camera: str, seq: int, frame, pixel_format: str, mono: float, wall: float,
+                 part_id: str | None = None) -> None:
         self.metrics.inc("frames_in", camera)
         header = {"kind": "frame", "camera": camera, "seq": seq, "mono": mono, "wall": wall,
-                  "shape": list(frame.shape), "pixel_format": pixel_format}
+                  "shape": list(frame.shape), "pixel_format": pixel_format, "part_id": part_id}
         if self.cfg.frames_inline:
             if frame.nbytes + INLINE_HEADER_ROOM > MAX_MESSAGE_BYTES:
                 self.metrics.inc("untransportable", camera)
                 self.send_event(camera, "bad_frame", f"frame {seq} of {frame.shape[1]}x{frame.shape[0]} "
                                 f"({frame.nbytes} bytes) is too large to send inline (limit {MAX_MESSAGE_BYTES} "
-                                "bytes): crop it with --roi, or run preprocess on this host (shared memory)")
+                                "bytes): crop it with --roi, or run preprocess on this host (shared memory)", part_id)
                 return
             frames = pack(header, frame)
         else:
@@ -177,7 +178,7 @@ class CaptureStage(Stage):
             if not self.cfg.frames_inline:   # nobody will read that slot: free it, so that
                 ring.release(slot, gen)      # overwriting it later is not counted a second time
 
-    def on_event(self, camera: str, event: str, detail: str) -> None:
+    def on_event(self, camera: str, event: str, detail: str, part_id: str | None = None) -> None:
         self.metrics.inc(f"event_{event}", camera)
         (log.warning if event in ("blind", "open_failed", "bad_frame") else log.info)(
             "capture %s: %s %s", camera, event, detail)
@@ -185,14 +186,14 @@ class CaptureStage(Stage):
         if blind_report is not None:
             self.send_event(camera, "blind", blind_report)
         elif event in ("reconnected", "bad_frame"):  # the alert stage turns bad_frame into a verdict
-            self.send_event(camera, event, detail)
+            self.send_event(camera, event, detail, part_id)
 
-    def send_event(self, camera: str, event: str, detail: str) -> None:
+    def send_event(self, camera: str, event: str, detail: str, part_id: str | None = None) -> None:
         if event == "blind":
             self.metrics.inc("blind_reports", camera)
         with self.lock:
             self.send_control(self.out, {"kind": "event", "camera": camera, "event": event, "detail": detail,
-                                         "mono": time.monotonic(), "wall": time.time()})
+                                         "mono": time.monotonic(), "wall": time.time(), "part_id": part_id})
 
     def run(self) -> None:
         for r in self.readers:

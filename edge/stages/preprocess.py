@@ -75,7 +75,8 @@ class PreprocessStage(Stage):
         """(item, model pixels or None, reason it cannot be used)."""
         camera, seq = field(header, "camera", str), field(header, "seq", int)
         item = {"camera": camera, "seq": seq, "mono": float(field(header, "mono", (int, float))),
-                "wall": float(field(header, "wall", (int, float))), "roi": self.rois.get(camera)}
+                "wall": float(field(header, "wall", (int, float))), "roi": self.rois.get(camera),
+                "part_id": field(header, "part_id", (str, type(None)))}   # travels on to the alert
         pixel_format = field(header, "pixel_format", str)
         try:
             frame, ring_slot = self.pixels(header, arrays)

@@ -60,9 +60,11 @@ def _json_clean(o):
 
 def alert_to_json(alert: dict, **extra) -> str:
     """One JSON line: the alert's fields, except ``thumbnail_jpeg`` (bytes) which becomes
-    ``thumbnail_jpeg_bytes`` (its length, or null); non-finite numbers become null; ``extra``
-    (e.g. ``thumbnail_path``, ``received_wall``) is appended."""
+    ``thumbnail_jpeg_bytes`` (its length, or null); non-finite numbers become null; ``part_id``
+    is always there (null from a source without part ids, and from older nodes that lack the
+    key); ``extra`` (e.g. ``thumbnail_path``, ``received_wall``) is appended."""
     d = {k: v for k, v in alert.items() if k != "thumbnail_jpeg"}
+    d.setdefault("part_id", None)
     thumb = alert.get("thumbnail_jpeg")
     d["thumbnail_jpeg_bytes"] = None if thumb is None else len(thumb)
     d.update(extra)
@@ -74,14 +76,16 @@ def _iso(t: float) -> str:
 
 
 def format_alert(alert: dict) -> str:
-    """One human line: capture time, node, camera, frame, verdict, score vs threshold, regions, latency."""
+    """One human line: capture time, node, camera, frame (and part, where known), verdict, score vs
+    threshold, regions, latency."""
     score = alert["score"]
     if score is None or not math.isfinite(score):
         cmp = f"score=-/{alert['threshold']:.4g}"
     else:  # flagged when strictly above the threshold (edge/verdict.py)
         cmp = f"score={score:.4g}{'>' if score > alert['threshold'] else '<='}{alert['threshold']:.4g}"
+    part = f" part={alert['part_id']!r}" if alert.get("part_id") is not None else ""
     line = (f"{_iso(alert['capture_wall'])} node={alert['node']} cam={alert['camera']} "
-            f"frame={alert['frame_seq']} {alert['verdict']:<12} {cmp} regions={len(alert['regions'])} "
+            f"frame={alert['frame_seq']}{part} {alert['verdict']:<12} {cmp} regions={len(alert['regions'])} "
             f"latency={alert['latency_ms']:.1f}ms")
     if alert["reason"]:
         line += f" reason={alert['reason']!r}"

@@ -13,8 +13,8 @@ from edge.subscriber.output import json_default
 
 log = logging.getLogger("edge.alerts")
 
-STORE_SCHEMA_VERSION = 3  # PRAGMA user_version of the file; docs/alerts.md shows the tables
-READABLE_VERSIONS = (1, 2, STORE_SCHEMA_VERSION)   # older files are upgraded in place
+STORE_SCHEMA_VERSION = 4  # PRAGMA user_version of the file; docs/alerts.md shows the tables
+READABLE_VERSIONS = (1, 2, 3, STORE_SCHEMA_VERSION)   # older files are upgraded in place
 STORE_DDL = """
 CREATE TABLE IF NOT EXISTS alerts (
     node             TEXT    NOT NULL,
@@ -36,7 +36,8 @@ CREATE TABLE IF NOT EXISTS alerts (
     thumbnail_jpeg   BLOB,
     is_simulated     INTEGER NOT NULL,  -- 0 / 1
     schema_v         INTEGER NOT NULL,  -- the alert's "v"
-    journal_id       TEXT               -- the node's alert journal (NULL from a node without one)
+    journal_id       TEXT,              -- the node's alert journal (NULL from a node without one)
+    part_id          TEXT               -- the part the frame showed (an image file name), NULL when unknown
 );
 """
 # One row per alert. A journaled node numbers its alerts durably: (node, journal_id, alert_seq)
@@ -49,6 +50,7 @@ CREATE UNIQUE INDEX IF NOT EXISTS alerts_once_unjournaled ON alerts (node, alert
 CREATE INDEX IF NOT EXISTS alerts_node_seq ON alerts (node, alert_seq);
 CREATE INDEX IF NOT EXISTS alerts_camera_time ON alerts (camera, capture_wall);
 CREATE INDEX IF NOT EXISTS alerts_verdict_time ON alerts (verdict, capture_wall);
+CREATE INDEX IF NOT EXISTS alerts_part ON alerts (part_id) WHERE part_id IS NOT NULL;
 CREATE TABLE IF NOT EXISTS gaps (       -- alerts edge-alerts knows it has not got yet (it retries them)
     node       TEXT    NOT NULL,
     journal_id TEXT    NOT NULL,
@@ -62,7 +64,7 @@ CREATE TABLE IF NOT EXISTS conflicts AS SELECT * FROM alerts WHERE 0;
 """
 _COLUMNS = ("node", "alert_seq", "camera", "frame_seq", "capture_wall", "published_wall", "received_wall",
             "latency_ms", "verdict", "score", "normalised_score", "threshold", "model_version", "n_regions",
-            "regions_json", "reason", "thumbnail_jpeg", "is_simulated", "schema_v", "journal_id")
+            "regions_json", "reason", "thumbnail_jpeg", "is_simulated", "schema_v", "journal_id", "part_id")
 # A plain INSERT: "OR IGNORE" would also swallow NOT NULL and CHECK failures as if they were
 # duplicates. Duplicates are found by looking the alert up first (AlertStore.add).
 _VALUES = f"({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})"
@@ -104,8 +106,9 @@ class AlertStore:
     durable across a crash of this process, the last alerts may be lost on power loss, and
     are then fetched again from the node's replay at the next start).
 
-    A file of store version 1 (before journals) or 2 is upgraded in place to version 3: column
-    ``journal_id`` (NULL for the rows it had; version 1), tables ``gaps`` and ``conflicts``."""
+    A file of store version 1 (before journals), 2 or 3 is upgraded in place to version 4: column
+    ``journal_id`` (NULL for the rows it had; version 1), tables ``gaps`` and ``conflicts``,
+    column ``part_id`` (NULL for the rows it had; versions 1-3)."""
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
@@ -127,6 +130,11 @@ class AlertStore:
                 self._db.execute("BEGIN")
                 if has_table and version == 1:
                     self._db.execute("ALTER TABLE alerts ADD COLUMN journal_id TEXT")
+                if has_table and version < 4:
+                    for table in ("alerts", "conflicts"):   # conflicts: since version 2, same columns as alerts
+                        if self._db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name=?",
+                                            (table,)).fetchone():
+                            self._db.execute(f"ALTER TABLE {table} ADD COLUMN part_id TEXT")
                 if has_table and version < STORE_SCHEMA_VERSION:
                     log.warning("%s: alert store upgraded from version %d to %d", self.path, version,
                                 STORE_SCHEMA_VERSION)
@@ -158,7 +166,7 @@ class AlertStore:
                 float(alert["threshold"]), alert["model_version"], len(alert["regions"]),
                 json.dumps(alert["regions"], default=json_default, allow_nan=False),
                 alert["reason"], alert["thumbnail_jpeg"], int(bool(alert["is_simulated"])), alert["v"],
-                alert.get("journal_id"))
+                alert.get("journal_id"), alert.get("part_id"))
 
     def add(self, alert: dict, received_wall: float | None = None) -> bool:
         """Store one alert (committed when this returns). True when it was new (in ``alerts``, or

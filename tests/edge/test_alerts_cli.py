@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import zmq
 
-from edge.alerts import MAX_ALERT_BYTES, encode_alert, make_alert
+from edge.alerts import MAX_ALERT_BYTES, AlertError, decode_alert, decode_alert_body, encode_alert, make_alert
 from edge.alerts_cli import (MAXMSGSIZE, AlertStore, AlertSubscriber, RateLimitedLog, StoreWriteError,
                              alert_to_json,
                              format_alert, main, parse_connect, subscription_prefixes, thumbnail_name)
@@ -261,7 +261,7 @@ def test_store_writes_one_row_per_alert_and_ignores_duplicates(tmp_path):
     with sqlite3.connect(db) as con:
         con.row_factory = sqlite3.Row
         rows = con.execute("SELECT * FROM alerts ORDER BY alert_seq").fetchall()
-        assert con.execute("PRAGMA user_version").fetchone()[0] == 3
+        assert con.execute("PRAGMA user_version").fetchone()[0] == 4
     assert len(rows) == 2
     r0, r1 = dict(rows[0]), dict(rows[1])
     assert r0["thumbnail_jpeg"] == JPEG and r0["frame_seq"] == 100 and r0["received_wall"] == 5.0
@@ -351,6 +351,58 @@ def test_format_alert_and_json_line():
     assert "score=0.1<=0.5" in format_alert(alert(verdict="OK", score=0.1))
     d = json.loads(alert_to_json(alert(thumb=JPEG, verdict="NotDecidable", score_override=float("nan"))))
     assert "thumbnail_jpeg" not in d and d["thumbnail_jpeg_bytes"] == len(JPEG) and d["score"] is None
+    assert d["part_id"] is None and "part=" not in line
+
+
+def test_part_id_is_optional_in_schema_version_1_and_shown_where_known():
+    a = alert(seq=4, part_id="cell0004.png")
+    frames = encode_alert(a)
+    assert decode_alert(frames)["part_id"] == "cell0004.png" and a["v"] == 1     # an added field: same version
+    assert "frame=104 part='cell0004.png' NotOK" in format_alert(a)
+    assert json.loads(alert_to_json(a))["part_id"] == "cell0004.png"
+    # an older node's alert has no part_id key at all: still valid, and the JSON line says null
+    old = {k: v for k, v in alert(seq=5).items() if k not in ("part_id", "journal_id")}
+    assert "part_id" not in decode_alert_body(msgpack.packb(old, use_bin_type=True))
+    assert json.loads(alert_to_json(old))["part_id"] is None
+    # an older reader (its OPTIONAL knew journal_id only) checks the required keys and ignores the rest
+    import edge.alerts as schema
+    saved = dict(schema.OPTIONAL)
+    try:
+        schema.OPTIONAL.pop("part_id")
+        assert decode_alert(frames)["verdict"] == "NotOK"
+    finally:
+        schema.OPTIONAL.clear()
+        schema.OPTIONAL.update(saved)
+    with pytest.raises(AlertError, match="part_id"):
+        decode_alert_body(msgpack.packb({**a, "part_id": 4}, use_bin_type=True))
+
+
+def test_store_keeps_the_part_id_and_upgrades_a_version_3_file_in_place(tmp_path):
+    db = tmp_path / "v3.sqlite"
+    jid = "a" * 32
+    with AlertStore(db) as store:    # a version 3 file: today's, less the part_id column
+        store.add(alert(seq=1, journal_id=jid))
+    con = sqlite3.connect(db)
+    con.execute("DROP INDEX alerts_part")
+    for table in ("alerts", "conflicts"):
+        con.execute(f"ALTER TABLE {table} DROP COLUMN part_id")
+    con.execute("PRAGMA user_version = 3")
+    con.commit()
+    con.close()
+    with AlertStore(db) as store:
+        assert store.add(alert(seq=3, journal_id=jid, part_id="cell0003.png"))
+        assert store.add({**alert(seq=3, journal_id=jid, part_id="cell0003.png"), "published_wall": 5.0})  # conflict
+        assert store.last_seq("line1", jid) == 3
+    with sqlite3.connect(db) as con:
+        assert con.execute("PRAGMA user_version").fetchone()[0] == 4
+        assert con.execute("SELECT alert_seq, part_id FROM alerts ORDER BY alert_seq").fetchall() == [
+            (1, None), (3, "cell0003.png")]
+        assert con.execute("SELECT part_id FROM conflicts WHERE alert_seq = 3").fetchall() == [("cell0003.png",)]
+        # the MES finds a part's verdict by its id (an index serves it)
+        assert con.execute("SELECT verdict FROM alerts WHERE part_id = 'cell0003.png'").fetchall() == [("NotOK",)]
+        plan = " ".join(r[-1] for r in con.execute("EXPLAIN QUERY PLAN SELECT verdict FROM alerts "
+                                                      "WHERE part_id = 'cell0003.png'"))
+        assert "alerts_part" in plan, plan
 
 
 # -- the command line -----------------------------------------------------------------------------
@@ -793,7 +845,7 @@ def test_store_version_1_is_upgraded_in_place(tmp_path):
         assert not store.add(alert(seq=1, journal_id="j" * 32))
         assert store.last_seq("line1", "j" * 32) == 1
     with sqlite3.connect(db) as con:
-        assert con.execute("PRAGMA user_version").fetchone()[0] == 3
+        assert con.execute("PRAGMA user_version").fetchone()[0] == 4
         assert con.execute("SELECT count(*), count(journal_id) FROM alerts").fetchone() == (2, 1)
     con = sqlite3.connect(db)
     con.execute("PRAGMA user_version = 7")

@@ -26,20 +26,20 @@ class Recorder:
 
     def __init__(self, on_frame_hook=None):
         self.cond = threading.Condition()
-        self.frames: list[tuple] = []   # (camera, seq, frame, pixel_format, mono, wall, thread)
-        self.events: list[tuple] = []   # (camera, event, detail, mono, thread)
+        self.frames: list[tuple] = []   # (camera, seq, frame, pixel_format, mono, wall, thread, part_id)
+        self.events: list[tuple] = []   # (camera, event, detail, mono, thread, part_id)
         self.hook = on_frame_hook
 
-    def on_frame(self, camera, seq, frame, pixel_format, mono, wall):
+    def on_frame(self, camera, seq, frame, pixel_format, mono, wall, part_id):
         if self.hook:
             self.hook(seq)
         with self.cond:
-            self.frames.append((camera, seq, frame, pixel_format, mono, wall, threading.get_ident()))
+            self.frames.append((camera, seq, frame, pixel_format, mono, wall, threading.get_ident(), part_id))
             self.cond.notify_all()
 
-    def on_event(self, camera, event, detail):
+    def on_event(self, camera, event, detail, part_id):
         with self.cond:
-            self.events.append((camera, event, detail, time.monotonic(), threading.get_ident()))
+            self.events.append((camera, event, detail, time.monotonic(), threading.get_ident(), part_id))
             self.cond.notify_all()
 
     def names(self) -> list[str]:
@@ -245,6 +245,7 @@ def test_video_file_delivers_every_frame_then_ends(tmp_path):
     assert len({f[6] for f in rec.frames} | {e[4] for e in rec.events}) == 1
     assert threading.get_ident() not in {f[6] for f in rec.frames}
     assert r.stats["frames"] == 12 and r.stats["bad_frames"] == 0
+    assert {f[7] for f in rec.frames} == {None}       # a clip's frames are not parts: no part id
 
 
 def test_video_file_loop_starts_over_with_seq_continuing(tmp_path):
@@ -345,6 +346,18 @@ def test_image_folder_delivers_good_images_and_reports_bad_ones(tmp_path):
     assert "img3_corrupt.png" in rec.events[1][2] and "unreadable" in rec.events[1][2]
     assert "img4_deep.png" in rec.events[2][2] and "uint16" in rec.events[2][2]
     assert r.stats["frames"] == 3 and r.stats["bad_frames"] == 2
+    # each image is a part: its file name is the part id, also of the images that could not be used
+    assert [f[7] for f in rec.frames] == ["img1_grey.png", "img2_colour.png", "img10_alpha.png"]
+    assert [e[5] for e in rec.events] == [None, "img3_corrupt.png", "img4_deep.png", None]
+
+
+def test_a_single_image_file_is_one_part_named_by_its_file(tmp_path):
+    assert cv2.imwrite(str(tmp_path / "part0042.png"), np.full((H, W), 90, np.uint8))
+    rec = Recorder()
+    r = CameraReader(parse_source(f"line1={tmp_path / 'part0042.png'}", 0), rec.on_frame, rec.on_event)
+    r.start()
+    assert r.wait(5) and r.finished
+    assert [(f[1], f[7]) for f in rec.frames] == [(0, "part0042.png")]
 
 
 # ------------------------------------------------------------------ live
