@@ -97,7 +97,7 @@ def i32_words(value: int) -> list[int]:
 
 def string_words(text: str, n_registers: int) -> list[int]:
     """``text`` as UTF-8 in ``n_registers`` registers, two bytes per register, the first in the high
-    byte (the order of Cognex's and Siemens' string registers), zero-padded, cut at the end."""
+    byte (Modbus is big-endian: a Siemens S7 CHAR array reads it in order), zero-padded, cut at the end."""
     raw = text.encode()[:2 * n_registers].ljust(2 * n_registers, b"\0")
     return [raw[i] << 8 | raw[i + 1] for i in range(0, len(raw), 2)]
 

@@ -282,6 +282,31 @@ def test_a_port_in_use_and_a_foreign_state_file_are_one_line_errors(tmp_path):
     assert "is not an edge-bridge state file" in r.stderr.strip().splitlines()[-1]
 
 
+def test_the_part_id_registers_hold_64_bytes_of_utf8_high_byte_first_and_the_full_length():
+    from edge.bridge.modbus import (N_REGISTERS, PART_ID_REGISTERS, REG_PART_ID, REG_PART_ID_COUNTER,
+                                    REG_PART_ID_LENGTH, REG_RESULT_COUNTER, REG_STATUS, string_words, u32_words)
+    assert (REG_PART_ID_COUNTER, REG_PART_ID_LENGTH, REG_PART_ID, N_REGISTERS) == (19, 21, 22, 54)
+    words = string_words("cell0004.png", PART_ID_REGISTERS)
+    assert words[:2] == [ord("c") << 8 | ord("e"), ord("l") << 8 | ord("l")] and words[6:] == [0] * 26
+
+    def regs_for(part_id: str, counter: int = 7, id_counter: int = 7) -> list[int]:
+        regs = [0] * N_REGISTERS
+        regs[REG_STATUS] = 0b101                        # online, result valid
+        regs[REG_RESULT_COUNTER:REG_RESULT_COUNTER + 2] = u32_words(counter)
+        regs[REG_PART_ID_COUNTER:REG_PART_ID_COUNTER + 2] = u32_words(id_counter)
+        regs[REG_PART_ID_LENGTH] = len(part_id.encode())
+        regs[REG_PART_ID:] = string_words(part_id, PART_ID_REGISTERS)
+        return regs
+    assert decode_registers(regs_for("cell0004.png"))["part_id"] == "cell0004.png"
+    assert decode_registers(regs_for("zelle-ä.png"))["part_id"] == "zelle-ä.png"        # UTF-8, 12 bytes
+    long = "lot42/" + "x" * 100
+    r = decode_registers(regs_for(long))
+    assert r["part_id"] == long[:64] and r["part_id_length"] == 106      # truncated, and the PLC can tell
+    # read apart from 0..15, the block of another result is not taken for this one
+    assert decode_registers(regs_for("cell0004.png", counter=8, id_counter=7))["part_id"] is None
+    assert decode_registers(regs_for("cell0004.png")[:16])["part_id"] is None   # 0..15 only: no block read
+
+
 def test_the_bridge_imports_no_torch():
     code = ("import sys, pkgutil, importlib, edge.bridge\n"
             "for m in pkgutil.iter_modules(edge.bridge.__path__, 'edge.bridge.'):\n"
