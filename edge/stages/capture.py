@@ -195,7 +195,17 @@ class CaptureStage(Stage):
             self.send_control(self.out, {"kind": "event", "camera": camera, "event": event, "detail": detail,
                                          "mono": time.monotonic(), "wall": time.time(), "part_id": part_id})
 
-    def run(self) -> None:
+    def wait_for_go(self, go) -> bool:
+        """edge-run starts capture while the engine loads; it reads nothing until released."""
+        while not go.wait(0.1):
+            if self.stopping or self.orphaned():
+                return False
+        return True
+
+    def run(self, go=None) -> None:
+        if go is not None and not self.wait_for_go(go):
+            self.close()
+            return
         for r in self.readers:
             r.start()
         try:
@@ -225,7 +235,7 @@ class CaptureStage(Stage):
             time.sleep(0.01)
 
 
-def run(cfg: PipelineConfig) -> None:
+def run(cfg: PipelineConfig, go=None) -> None:
     stage = CaptureStage(cfg)
     stage.install_signal_handlers()
-    stage.run()
+    stage.run(go)

@@ -119,7 +119,8 @@ class ScoreHarness:
 
 
 def test_a_saturated_stream_runs_full_batches(tmp_path):
-    h = ScoreHarness(tmp_path, max_batch=8, no_drop=True, max_queue_delay_ms=50)
+    # a generous deadline: frames are queued, so batches fill long before it (the machine may be loaded)
+    h = ScoreHarness(tmp_path, max_batch=8, no_drop=True, max_queue_delay_ms=1000)
     h.thread.start()
     for seq in range(24):   # one frame per message, as preprocess sends when frames trickle in
         h.send([seq])
@@ -131,19 +132,19 @@ def test_a_saturated_stream_runs_full_batches(tmp_path):
 
 
 def test_a_paced_stream_is_not_held_beyond_the_deadline(tmp_path):
-    delay_ms = 40.0
+    delay_ms = 300.0   # long against scheduling noise on a loaded machine
     h = ScoreHarness(tmp_path, max_batch=8, no_drop=False, max_queue_delay_ms=delay_ms)
     h.thread.start()
     sent = []
-    for seq in range(6):   # a camera's pace: one frame every 250 ms
+    for seq in range(6):   # a camera's pace: one frame every 700 ms
         sent.append(time.monotonic())
         h.send([seq])
         h.collect(seq + 1, timeout=10)
-        time.sleep(max(0.0, sent[-1] + 0.25 - time.monotonic()))
+        time.sleep(max(0.0, sent[-1] + 0.7 - time.monotonic()))
     counters = h.finish()
     assert [len(hd["items"]) for _, hd in h.received] == [1] * 6
     waited = [(t - s) * 1e3 - hd["infer_ms"] for s, (t, hd) in zip(sent, h.received)]
-    assert max(waited) < delay_ms + 30, waited                       # the deadline bounds every wait
+    assert max(waited) < delay_ms + 150, waited                      # the deadline bounds every wait
     assert all(w < delay_ms / 2 for w in waited[SPARSE_AFTER:]), waited   # then sparse: no wait at all
     assert counters["frames_in"]["cam0"] == counters["frames_out"]["cam0"] == 6
     assert "dropped" not in counters
