@@ -229,6 +229,27 @@ def test_replay_server_answers_hello_and_since_in_pages(server):
         dealer.close()
 
 
+def test_the_journal_and_the_replay_keep_the_part_id_as_published(tmp_path):
+    ctx = zmq.Context.instance()
+    j = AlertJournal(tmp_path / "j.sqlite", "line1")
+    for seq, part in ((1, "cell0001.png"), (2, None)):
+        a = make_alert(node="line1", alert_seq=seq, camera="cam0", frame_seq=seq - 1, capture_wall=1.7e9,
+                       published_wall=1.7e9 + seq, latency_ms=1.0, verdict="OK", score=0.1, normalised_score=0.4,
+                       threshold=0.5, model_version="m", journal_id=j.journal_id, part_id=part)
+        j.append(seq, a["published_wall"], encode_alert(a)[1], "cam0", "OK")
+    srv = ReplayServer(ctx, "tcp://127.0.0.1:*", j, "line1")
+    dealer = ctx.socket(zmq.DEALER)
+    dealer.setsockopt(zmq.LINGER, 0)
+    dealer.connect(srv.sock.getsockopt(zmq.LAST_ENDPOINT).decode())
+    try:
+        rep = ask(srv, dealer, encode_request("since", 1, after=0, limit=10))
+        assert [decode_alert_body(b)["part_id"] for b in rep["alerts"]] == ["cell0001.png", None]
+    finally:
+        dealer.close()
+        srv.close()
+        j.close()
+
+
 def test_malformed_requests_are_answered_counted_and_never_fatal(server):
     ctx = zmq.Context.instance()
     dealer, req = ctx.socket(zmq.DEALER), ctx.socket(zmq.REQ)

@@ -159,3 +159,21 @@ def test_every_alert_of_a_folder_source_names_its_image_downstream(tmp_path):
     assert [r["result_counter"] for r in consumer.results] == list(range(1, N_IMAGES + 1))
     assert all(r["part_id"] == names[r["frame_seq"]] and r["part_id_length"] == len(names[r["frame_seq"]])
                for r in consumer.results)
+
+
+def test_an_unreadable_image_is_a_notdecidable_that_names_it(tmp_path):
+    """The part that could not be inspected is the one the line must find: its NotDecidable alert
+    names the file, like the judged ones."""
+    import shutil
+    from tests.edge.test_pipeline import Run
+    folder = tmp_path / "parts"
+    folder.mkdir()
+    shutil.copy(IMAGES / "cell0004.png", folder / "p1.png")
+    (folder / "p2.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"not an image" * 8)
+    shutil.copy(IMAGES / "cell0004.png", folder / "p3.png")
+    run = Run(tmp_path, "--source", f"top={folder}", "--no-drop", "--threshold", "1e9")
+    run.finish()
+    got = sorted((a["part_id"], a["verdict"], a["frame_seq"]) for a in run.alerts)
+    assert got == [("p1.png", "OK", 0), ("p2.png", "NotDecidable", -1), ("p3.png", "OK", 1)], got
+    nd = next(a for a in run.alerts if a["verdict"] == "NotDecidable")
+    assert "p2.png" in nd["reason"] and nd["camera"] == "top"
