@@ -50,13 +50,15 @@ SHAPE = (1080, 1920, 3)
 FRAME_BYTES = int(np.prod(SHAPE))
 POOL = 24            # distinct frames the sender cycles through (> send HWM + frames in flight)
 RING_SLOTS = 8       # edge.config.PipelineConfig.ring_slots default
-MODES = ("imagezmq", "inline", "ring-view", "ring-copy", "memcpy")
+MODES = ("imagezmq", "inline", "ring-view", "ring-copy", "memcpy", "memcpy-cold")
 MODE_LABELS = {
     "imagezmq": "imagezmq ImageSender/ImageHub, REQ/REP, tcp://127.0.0.1",
     "inline": "edge.wire.pack + PUSH/PULL copy=False, tcp://127.0.0.1 (--frames-inline)",
     "ring-view": "FrameRing write + header over ipc:// PUSH/PULL, reader view + release (capture -> preprocess)",
     "ring-copy": "FrameRing write + header over ipc:// PUSH/PULL, reader copies the frame out + release",
-    "memcpy": "np.copyto of the frame, one process (ceiling)",
+    "memcpy": "np.copyto of the frame, one process, 4 source frames into 1 buffer (mostly in the 32 MB L3 cache)",
+    "memcpy-cold": f"np.copyto, one process, the senders' {POOL} source frames into {RING_SLOTS} buffers (the ring's "
+                   "memory traffic: the ceiling for one copy per frame)",
 }
 
 
@@ -84,8 +86,11 @@ def stamp(frame: np.ndarray) -> int:
 def _sender(mode: str, addr: str, total: int, ready, result) -> None:
     import zmq
 
+    from edge.buffers import keep_freed_buffers
     from edge.frame_ring import FrameRing
     from edge.wire import make_socket, pack
+    if mode != "imagezmq":
+        keep_freed_buffers()   # as every edge-run stage process does (edge/run.py)
     pool = frame_pool()
     ready.wait(30)
     t0 = time.perf_counter()
@@ -128,10 +133,16 @@ def _sender(mode: str, addr: str, total: int, ready, result) -> None:
 def _receiver(mode: str, addr: str, warmup: int, frames: int, ready, result) -> None:
     import zmq
 
+    import resource
+
+    from edge.buffers import keep_freed_buffers
     from edge.frame_ring import FrameRing
     from edge.wire import make_socket, unpack
+    if mode != "imagezmq":
+        keep_freed_buffers()   # as every edge-run stage process does (edge/run.py)
     total = warmup + frames
     arrivals = np.empty(total)
+    faults = [0, 0]   # minor page faults of this process at the end of warm-up and at the end
     bad = 0
     if mode == "imagezmq":
         import imagezmq
@@ -141,6 +152,8 @@ def _receiver(mode: str, addr: str, warmup: int, frames: int, ready, result) -> 
             _, image = hub.recv_image()
             arrivals[i] = time.perf_counter()
             bad += stamp(image) != i % POOL or image.shape != SHAPE
+            if i == warmup - 1:
+                faults[0] = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
             hub.send_reply(b"OK")
         hub.close()
     else:
@@ -170,30 +183,37 @@ def _receiver(mode: str, addr: str, warmup: int, frames: int, ready, result) -> 
                 del view
             arrivals[i] = time.perf_counter()
             bad += not ok
+            if i == warmup - 1:
+                faults[0] = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         if ring is not None:
             ring.close()
         inp.close(linger=0)
         ctx.term()
+    faults[1] = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     elapsed = arrivals[-1] - arrivals[warmup - 1]
-    result.put(("receiver", {"frames": frames, "elapsed_s": float(elapsed), "bad_frames": int(bad)}))
+    result.put(("receiver", {"frames": frames, "elapsed_s": float(elapsed), "bad_frames": int(bad),
+                             "receiver_page_faults_per_frame": (faults[1] - faults[0]) / frames}))
 
 
-def measure_memcpy(frames: int, warmup: int) -> dict:
-    pool = frame_pool(4)
-    dst = np.empty(SHAPE, np.uint8)
+def measure_memcpy(frames: int, warmup: int, sources: int = 4, targets: int = 1) -> dict:
+    pool = frame_pool(sources)
+    dst = [np.empty(SHAPE, np.uint8) for _ in range(targets)]
     for i in range(warmup):
-        np.copyto(dst, pool[i % 4])
+        np.copyto(dst[i % targets], pool[i % sources])
     t0 = time.perf_counter()
     for i in range(frames):
-        np.copyto(dst, pool[i % 4])
+        np.copyto(dst[i % targets], pool[i % sources])
     elapsed = time.perf_counter() - t0
-    return {"frames": frames, "elapsed_s": elapsed, "bad_frames": int(stamp(dst) != (frames - 1) % 4)}
+    return {"frames": frames, "elapsed_s": elapsed,
+            "bad_frames": int(stamp(dst[(frames - 1) % targets]) != (frames - 1) % sources)}
 
 
 def measure_once(mode: str, frames: int, warmup: int) -> dict:
     """One timed transfer of ``frames`` frames (after ``warmup``), sender and receiver in two processes."""
     if mode == "memcpy":
         r = measure_memcpy(frames * 4, warmup)   # cheap: more frames for a stable figure
+    elif mode == "memcpy-cold":
+        r = measure_memcpy(frames * 4, warmup, sources=POOL, targets=RING_SLOTS)
     else:
         tmp = None
         if mode.startswith("ring"):
@@ -256,12 +276,25 @@ def run_transport(rounds: int, frames: int, warmup: int, modes=MODES, log=print)
 
 def table(result: dict) -> list[str]:
     memcpy = next((r for r in result["rows"] if r["mode"] == "memcpy"), None)
-    lines = ["| transport | frames/s (median) | min-max over rounds | MB/s (median) | vs. memcpy |",
-             "|---|---|---|---|---|"]
+    cold = next((r for r in result["rows"] if r["mode"] == "memcpy-cold"), None)
+    izmq = next((r for r in result["rows"] if r["mode"] == "imagezmq"), None)
+    lines = ["| transport | frames/s (median) | min-max over rounds | MB/s (median) | vs. imagezmq (median of "
+             "per-round ratios) | vs. memcpy | vs. memcpy-cold | receiver page faults per frame (median) | "
+             "load average (1 min, median) |", "|---|---|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
         rel = f"{r['frames_per_s_median'] / memcpy['frames_per_s_median']:.1%}" if memcpy else ""
+        relc = f"{r['frames_per_s_median'] / cold['frames_per_s_median']:.1%}" if cold else ""
+        per_round = [x["frames_per_s"] / z["frames_per_s"] for x in r["rounds"] for z in (izmq or {}).get("rounds", [])
+                     if z["round"] == x["round"]]
+        vs_z = f"{statistics.median(per_round):.2f}x" if per_round else ""
+        pf = [x["receiver_page_faults_per_frame"] for x in r["rounds"] if "receiver_page_faults_per_frame" in x]
         lines.append(f"| `{r['mode']}`: {r['what']} | {r['frames_per_s_median']:.0f} | {r['frames_per_s_min']:.0f}-"
-                     f"{r['frames_per_s_max']:.0f} | {r['mb_per_s_median']:.0f} | {rel} |")
+                     f"{r['frames_per_s_max']:.0f} | {r['mb_per_s_median']:.0f} | {vs_z} | {rel} | {relc} "
+                     f"| {statistics.median(pf):.0f} | {statistics.median(x['loadavg_1min'] for x in r['rounds']):.1f} |"
+                     if pf else
+                     f"| `{r['mode']}`: {r['what']} | {r['frames_per_s_median']:.0f} | {r['frames_per_s_min']:.0f}-"
+                     f"{r['frames_per_s_max']:.0f} | {r['mb_per_s_median']:.0f} | {vs_z} | {rel} | {relc} | "
+                     f"| {statistics.median(x['loadavg_1min'] for x in r['rounds']):.1f} |")
     return lines
 
 

@@ -26,6 +26,7 @@ from pathlib import Path
 import zmq
 
 from edge.backends import BackendError
+from edge.buffers import keep_freed_buffers
 from edge.config import STAGES, PipelineConfig, local_endpoints
 from edge.frame_ring import remove_stale_rings
 from edge.leftovers import remove_dead_owners, remove_ipc_dir
@@ -52,6 +53,7 @@ def _stage_main(name: str, cfg: dict, go=None) -> None:
     import faulthandler
     import importlib
     faulthandler.register(signal.SIGUSR1)   # `kill -USR1 <pid>` prints where a stuck stage is
+    keep_freed_buffers()   # received frames reuse freed memory instead of faulting in fresh pages (edge/buffers.py)
     _name_process(f"edge-{name}")
     try:
         module = importlib.import_module(f"edge.stages.{name}")
