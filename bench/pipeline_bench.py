@@ -892,8 +892,8 @@ def reading(doc: dict) -> list[str]:
                    f"{fmt(b8.get('main_thread_cpu_ms_per_frame'), '.2f')}, ONNX Runtime's worker "
                    f"{fmt(p.get('score_other_threads_cpu_ms_per_frame'), '.2f')} vs. "
                    f"{fmt(b8.get('other_threads_cpu_ms_per_frame'), '.2f')})"
-                   + (": the sockets, message packing and metrics, smaller batches (below), and the worker thread "
-                      "spin-waiting while the cores are contended." if sc["score"] > b8["cpu_ms_per_frame"] * 1.03 else
+                   + (": the sockets, message packing and metrics, and ONNX Runtime's intra-op threads waiting "
+                      "for each other while the cores are contended (a preempted worker stalls the whole call)." if sc["score"] > b8["cpu_ms_per_frame"] * 1.03 else
                       ": no more than the bare loop, so the stage's own overhead is not where the gap is.")
                    + f" At this parallelism, 95% would need at most "
                    f"{b8['cpu_ms_per_frame'] * p['cores_busy'] / b8['cores_busy'] / 0.95:.2f} CPU ms per frame for all "
