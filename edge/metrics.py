@@ -60,6 +60,7 @@ HELP = {
     "latency_rejected": "Latency samples refused because they were not finite numbers.",
     CAPTURE_TO_ALERT: "Milliseconds from frame capture to alert publication.",
     "preprocess_ms": "Milliseconds spent preprocessing one frame.",
+    "batch_wait_ms": "Milliseconds the oldest frame of an engine batch waited in the score stage's batcher.",
 }
 
 

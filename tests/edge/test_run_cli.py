@@ -26,7 +26,8 @@ def edge_run(*args, timeout=45):
 
 @pytest.mark.parametrize("option, value", [("--max-batch", "0"), ("--duration", "-1"), ("--wait-subscribers", "-1"),
                                            ("--heartbeat-timeout", "0"), ("--stall-timeout", "nan"),
-                                           ("--fps", "0"), ("--print-every", "inf"), ("--metrics-port", "0")])
+                                           ("--fps", "0"), ("--print-every", "inf"), ("--metrics-port", "0"),
+                                           ("--max-queue-delay-ms", "-1"), ("--max-queue-delay-ms", "nan")])
 def test_nonsense_options_are_refused(option, value):
     r, _ = edge_run("--source", str(IMAGES), option, value, timeout=20)
     assert r.returncode == 2 and option in r.stderr and "must be" in r.stderr, r.stderr
