@@ -80,6 +80,7 @@ def main(argv=None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     p.add_argument("--run", required=True, type=Path, help="a finished `edge-train familiarity` run")
     p.add_argument("--name", default=None, help="row label (default: the run's data folder name)")
+    p.add_argument("--json", type=Path, default=JSON_OUT, help="rows, merged by run (default %(default)s)")
     p.add_argument("--no-docs", action="store_true")
     args = p.parse_args(argv)
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
@@ -104,10 +105,10 @@ def main(argv=None) -> int:
              "miss_at_5": fnr_at_far(s, y, 0.05)["fnr"]} for m, s in z.items()]
     for r in rows:
         print(json.dumps(r), flush=True)
-    old = json.loads(JSON_OUT.read_text()) if JSON_OUT.exists() else []
+    old = json.loads(args.json.read_text()) if args.json.exists() else []
     old = [r for r in old if r["run"] != str(args.run)] + rows
-    JSON_OUT.parent.mkdir(parents=True, exist_ok=True)
-    JSON_OUT.write_text(json.dumps(old, indent=1) + "\n")
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(old, indent=1) + "\n")
     if not args.no_docs:
         lines = ["| data | familiarity run | member | image AUROC | miss rate at 5% false alarms |",
                  "|---|---|---|---|---|"]

@@ -134,6 +134,8 @@ def main(argv=None) -> int:
     p.add_argument("--bank", type=int, default=16384, help="random kNN bank size in patches")
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--work", default="runs/bench_frozen_head", help="feature cache folder")
+    p.add_argument("--json", type=Path, default=None,
+                   help="rows (default docs/bench/feature_lamp_<data folder>.json)")
     p.add_argument("--no-docs", action="store_true")
     args = p.parse_args(argv)
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
@@ -144,7 +146,8 @@ def main(argv=None) -> int:
     rows = []
     for seed in args.seeds:
         rows += evaluate(feats, index, dataset, seed, args.bank, args.epochs)
-        out = ROOT / "docs" / "bench" / f"feature_lamp_{Path(args.data).resolve().name}.json"
+        out = args.json or ROOT / "docs" / "bench" / f"feature_lamp_{Path(args.data).resolve().name}.json"
+        out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(rows, indent=1) + "\n")
         print(table(rows), flush=True)
         if not args.no_docs:

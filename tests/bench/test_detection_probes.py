@@ -1,0 +1,40 @@
+"""The issue-11 probes (ENS, feature-reconstruction LAMP) run end to end on the bundled sample at tiny
+sizes; their figures come from full runs (docs/benchmarks.md), these check the wiring and the rows."""
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("torch", reason="the train extra is not installed")
+
+from bench import ens_probe, feature_lamp_probe  # noqa: E402
+
+SAMPLE = Path(__file__).resolve().parents[2] / "trainer" / "sample_data" / "elpv_mini"
+
+
+@pytest.mark.timeout(300)
+def test_feature_lamp_probe_rows_per_amplifier(tmp_path):
+    out = tmp_path / "rows.json"
+    assert feature_lamp_probe.main(["--data", str(SAMPLE), "--seeds", "0", "--size", "64", "--bank", "128",
+                                    "--epochs", "1", "--work", str(tmp_path / "cache"), "--json", str(out),
+                                    "--no-docs"]) == 0
+    rows = json.loads(out.read_text())
+    members = [r["member"] for r in rows]
+    assert members[0] == "patch kNN"
+    for amp in feature_lamp_probe.AMPLIFIERS:
+        assert f"feature AE, {amp}" in members and f"patch kNN + feature AE ({amp}), sum" in members
+    assert all(0.0 <= r["auroc"] <= 1.0 and 0.0 <= r["miss_at_5"] <= 1.0 for r in rows)
+
+
+@pytest.mark.timeout(300)
+def test_ens_probe_scores_a_familiarity_run(tmp_path):
+    from trainer.cli import main as edge_train
+    run = tmp_path / "fam"
+    assert edge_train(["familiarity", "--data", str(SAMPLE), "--k", "0", "--size", "64", "--standardize",
+                       "--out", str(run), "--quiet"]) == 0
+    out = tmp_path / "ens.json"
+    assert ens_probe.main(["--run", str(run), "--json", str(out), "--no-docs"]) == 0
+    rows = json.loads(out.read_text())
+    assert [r["member"] for r in rows] == ["familiarity", "ENS (input x gradient)", "hybrid familiarity + ENS (sum)"]
+    assert all(math.isfinite(r["auroc"]) and 0.0 <= r["miss_at_5"] <= 1.0 for r in rows)
