@@ -18,14 +18,15 @@ images + engine in, calibration.json out.
   good (and defective) images; no torch, runs on the line machine.
 * ``calibrate`` (``edge-calibrate --run``): at training time; picks the run's held-out
   images (validation good images, test-split defects, ``--data`` images it did not train
-  on), exports the run's graph (or takes ``engine``) and calibrates on that graph.
+  on) from its split.json and calibrates on the run's exported graph (``engine``). Neither
+  opens a checkpoint or imports torch; the CLI exports the graph first where ``--engine``
+  is not given (the one step back into the trainer, and it is deploy's: edge-export).
 Each camera entry records the engine it was fitted on (file, sha256, precision): edge-run
 refuses a calibration fitted on another engine. The format: docs/calibration.md.
 """
 from __future__ import annotations
 
 import datetime
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -173,27 +174,18 @@ def calibrate_engine(engine: Path, good: Sequence[Sample], target_far: float, *,
     return doc
 
 
-def export_for_calibration(run_dir: Path, folder: Path) -> Path:
-    """The run's inference graph (edge-export's, with its manifest) in ``folder``. The export is
-    deterministic: edge-export of the same checkpoint writes the same bytes (same sha256)."""
-    from deploy.export import export_onnx
-    from deploy.manifest import write_manifest
-    graph = Path(folder) / "model.onnx"
-    report = export_onnx(run_dir, graph)
-    write_manifest(graph, report, run_dir, None)
-    return graph
-
-
 def calibrate(run_dir: Path, target_far: float, *, confidence: float = 0.95, guarantee: str = "pac",
               pixel_far: float | None = None, min_region_area: int | None = None,
               good: Sequence[Sample] | None = None, defective: Sequence[Sample] | None = None,
               camera: str = DEFAULT_CAMERA, out: Path | None = None, plots: bool = True,
-              data_root: Path | None = None, extra: Sequence[Sample] = (), engine: Path | None = None) -> dict:
-    """Calibrate one camera of a run on its exported graph and write (or update) calibration.json.
-    ``good`` and ``defective`` default to the run's validation good images and its test-split
-    defects. ``extra`` (e.g. ``--data``): more held-out images; its good ones join ``good``, its
-    defective ones replace the default defects; any the run trained on are left out and counted.
-    ``engine``: the exported graph (or a built engine) of this run; default: exported now."""
+              data_root: Path | None = None, extra: Sequence[Sample] = (), engine: Path) -> dict:
+    """Calibrate one camera of a run on ``engine`` (the run's exported graph, or an engine built from
+    it) and write (or update) calibration.json. The run gives only its split (which images are held
+    out): its checkpoint is not opened, torch is not imported. ``good`` and ``defective`` default to
+    the run's validation good images and its test-split defects. ``extra`` (e.g. ``--data``): more
+    held-out images; its good ones join ``good``, its defective ones replace the default defects; any
+    the run trained on are left out and counted. (``edge-calibrate --run`` without ``--engine``
+    exports the graph first: calibration/cli.py.)"""
     from trainer.runs import run_split   # reads split.json and the data only: no checkpoint, no torch
     split_doc, val_good, split = run_split(run_dir, data_root)
     trained = trained_paths(split, val_good)
@@ -206,13 +198,12 @@ def calibrate(run_dir: Path, target_far: float, *, confidence: float = 0.95, gua
     check_not_trained_on([*good, *defective], trained)
     out = Path(out or Path(run_dir) / "calibration.json")
     out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="edge-calibrate-") as tmp:
-        scorer = EngineScorer(engine or export_for_calibration(run_dir, Path(tmp)))
-        checkpoint = read_json(Path(run_dir) / "metrics.json").get("checkpoint_sha256")
-        if checkpoint and scorer.manifest["checkpoint_sha256"] != checkpoint:
-            raise ValueError(f"{scorer.engine} was exported from another checkpoint than {run_dir}'s")
-        entry = fit_camera(scorer, good, defective, target_far, confidence, guarantee, pixel_far, min_region_area,
-                           out.parent if plots else None, camera)
+    scorer = EngineScorer(engine)
+    checkpoint = read_json(Path(run_dir) / "metrics.json").get("checkpoint_sha256")
+    if checkpoint and scorer.manifest["checkpoint_sha256"] != checkpoint:
+        raise ValueError(f"{scorer.engine} was exported from another checkpoint than {run_dir}'s")
+    entry = fit_camera(scorer, good, defective, target_far, confidence, guarantee, pixel_far, min_region_area,
+                       out.parent if plots else None, camera)
     entry["held_out"]["extra_left_out_trained"] = len(extra) - len(fresh)
     model = {**model_section(scorer.manifest), "run": str(Path(run_dir).resolve())}
     return write_calibration(out, camera, entry, model, {"data_fingerprint": split_doc["data_fingerprint"]})

@@ -65,19 +65,32 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def write_int8_set(run_dir: Path, count: int, out_dir: Path) -> dict:
+def write_int8_set(run_dir: Path, count: int, out_dir: Path, preprocess: dict) -> dict:
     """The model-input tensor of ``count`` good images the run trained on (representative of
-    production; the validation hold-out stays untouched)."""
+    production; the validation hold-out stays untouched), at the engine's input (``preprocess``:
+    size and channels, from the manifest the calibration recorded). Reads the run's split only."""
     from calibration.calibrate import trained_paths
     from calibration.int8 import CalibrationSetSpec, build_int8_calibration_set
-    from trainer.runs import open_run, run_samples
-    run = open_run(run_dir)
-    val_good, split, _ = run_samples(run["split_doc"])
+    from trainer.runs import run_split
+    _, val_good, split = run_split(run_dir)
     trained = trained_paths(split, val_good)
     good = [s for s in split.train if s.label == 0 and s.path.resolve() in trained]
-    pre = run["meta"]["preprocess"]
-    return build_int8_calibration_set(good, pre["size"], pre["channels"], out_dir,
+    return build_int8_calibration_set(good, preprocess["size"], preprocess["channels"], out_dir,
                                       spec=CalibrationSetSpec(count=count))
+
+
+def export_graph(run_dir: Path, folder: Path) -> Path:
+    """``--run`` without ``--engine``: the run's inference graph as edge-export writes it (with its
+    manifest) in ``folder``. The export is deterministic: the same bytes (same sha256) as
+    ``edge-export --run`` of the same checkpoint, so the calibration names the graph that ships.
+    The only step of edge-calibrate that opens the checkpoint (torch): deploy's, not calibration's."""
+    from deploy.export import export_onnx
+    from deploy.manifest import write_manifest
+    from trainer.runs import check_run_directory
+    graph = Path(folder) / "model.onnx"
+    report = export_onnx(check_run_directory(run_dir), graph)
+    write_manifest(graph, report, run_dir, None)
+    return graph
 
 
 def check_arguments(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -103,9 +116,16 @@ def run_calibration(args: argparse.Namespace) -> dict:
         defective = folder_samples(args.defective, 1) if args.defective else ()
         return calibrate_engine(args.engine, folder_samples(args.good, 0), args.target_far, defective=defective,
                                 update=args.update, **common)
+    import tempfile
+
     from trainer.data import load_dataset
+    from trainer.runs import check_run_directory
+    check_run_directory(args.run)   # before anything is exported or read
     extra = load_dataset(args.data, args.layout).samples if args.data is not None else ()
-    return calibrate(args.run, args.target_far, extra=extra, engine=args.engine, **common)
+    if args.engine is not None:
+        return calibrate(args.run, args.target_far, extra=extra, engine=args.engine, **common)
+    with tempfile.TemporaryDirectory(prefix="edge-calibrate-") as tmp:
+        return calibrate(args.run, args.target_far, extra=extra, engine=export_graph(args.run, Path(tmp)), **common)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -128,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
     print("\n".join(report_lines(doc, args.camera)))
     if args.int8:
-        info = write_int8_set(args.run, args.int8, out.parent)
+        info = write_int8_set(args.run, args.int8, out.parent, doc["model"]["preprocess"])
         print(f"INT8 calibration set: {info['count']} good training images -> {info['npz']}"
               + (f" ({info['note']})" if info.get("note") else ""))
     print(f"wrote {out}")

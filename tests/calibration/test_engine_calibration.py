@@ -54,7 +54,10 @@ def test_engine_based_equals_run_based_calibration_on_the_same_exported_graph(ru
     _, val_good, split = run_split(out)
     defects = [s for s in split.test if s.label == 1]
     kw = dict(guarantee="marginal", plots=False)
-    by_run = calibrate(out, 0.2, out=root / "by_run.json", **kw)                       # graph exported now
+    # edge-calibrate --run without --engine: the graph exported now (what edge-export writes)
+    assert main(["--run", str(out), "--target-far", "0.2", "--guarantee", "marginal", "--no-plots",
+                 "--out", str(root / "by_run.json")]) == 0
+    by_run = json.loads((root / "by_run.json").read_text())
     by_run_graph = calibrate(out, 0.2, engine=graph, out=root / "by_run_graph.json", **kw)
     by_engine = calibrate_engine(graph, val_good, 0.2, defective=defects, out=root / "by_engine.json", **kw)
     entries = [d["cameras"]["*"] for d in (by_run, by_run_graph, by_engine)]
@@ -87,6 +90,24 @@ def test_edge_calibrate_engine_needs_no_torch(tmp_path):
     side = doc["cameras"]["side"]
     assert side["image"]["n_good"] == 60 and side["engine"]["sha256"] == sha256_file(engine)
     assert doc["model"]["checkpoint_sha256"] == "c" * 64 and side["plots"]
+
+
+def test_run_calibration_on_a_given_graph_reads_the_split_not_the_checkpoint(run, tmp_path):
+    """The --run walk is one way: split.json + images + the exported graph in, calibration.json (and
+    the INT8 set) out; no checkpoint is opened and torch is never imported."""
+    out, graph, _ = run
+    cal = tmp_path / "calibration.json"
+    code = ("import sys; sys.modules['torch'] = None\n"
+            "from calibration.cli import main\n"
+            f"rc = main(['--run', {str(out)!r}, '--engine', {str(graph)!r}, '--target-far', '0.2', "
+            f"'--guarantee', 'marginal', '--no-plots', '--int8', '4', '--out', {str(cal)!r}])\n"
+            "assert not [m for m in sys.modules if m.split('.')[0] == 'torch' and sys.modules[m] is not None]\n"
+            "sys.exit(rc)")
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    entry = json.loads(cal.read_text())["cameras"]["*"]
+    assert entry["engine"]["sha256"] == sha256_file(graph) and entry["image"]["n_good"] == 12
+    assert np.load(tmp_path / "int8_calibration.npz")["images"].shape == (4, 1, 32, 32)
 
 
 def test_engine_scores_that_are_nan_are_refused_and_nothing_is_written(tmp_path, capsys):
