@@ -117,6 +117,9 @@ class Supervisor:
         self.failed: str | None = None
         self.capture_pids: list[int] = []
         self.standby: tuple[mp.Process, object] | None = None   # capture started ahead, and its go event
+        # Every go event lives as long as this supervisor: one dropped before its process has unpickled
+        # it is unlinked, and the process dies opening it (FileNotFoundError in SemLock._rebuild).
+        self.go_events: list = []
         self.server = MetricsServer(metrics_port, self.exported, host=metrics_host) \
             if metrics_port is not None else None
         self.started = time.monotonic()
@@ -142,6 +145,7 @@ class Supervisor:
         """Start the capture process while the other stages load (an interpreter, OpenCV and the
         sources take a second under load); it opens nothing and reads nothing until released."""
         go = mp.get_context("spawn").Event()
+        self.go_events.append(go)
         p = self._start_process("capture", go)
         self.capture_pids.append(p.pid)
         self.standby = (p, go)
@@ -296,13 +300,16 @@ class Supervisor:
         for name in reversed(self.stages):
             if name != "capture":
                 self.spawn(name)
-        if "capture" in self.stages:
-            self.start_capture_ahead()
         last_print, prev, stopping_since = time.monotonic(), None, None
         while not self.finished():
             self.drain_metrics(100)
             now = time.monotonic()
             if "capture" in self.stages and "capture" not in self.procs and not self.stop_requested:
+                # Capture starts ahead once preprocess (its consumer, a light stage) is up: it overlaps
+                # the engine's load and the wait for subscribers without slowing the other interpreters'
+                # start (all five at once on 2 loaded cores delayed the alert stage by seconds).
+                if self.standby is None and self.ready >= set(self.stages) & {"preprocess"}:
+                    self.start_capture_ahead()
                 if self.ready >= set(self.stages) - {"capture"}:
                     self.release_capture()
                     self.started = time.monotonic()
