@@ -300,16 +300,13 @@ class Supervisor:
         for name in reversed(self.stages):
             if name != "capture":
                 self.spawn(name)
+        if "capture" in self.stages:   # ahead: it loads while the engine does, reads when released
+            self.start_capture_ahead()
         last_print, prev, stopping_since = time.monotonic(), None, None
         while not self.finished():
             self.drain_metrics(100)
             now = time.monotonic()
             if "capture" in self.stages and "capture" not in self.procs and not self.stop_requested:
-                # Capture starts ahead once preprocess (its consumer, a light stage) is up: it overlaps
-                # the engine's load and the wait for subscribers without slowing the other interpreters'
-                # start (all five at once on 2 loaded cores delayed the alert stage by seconds).
-                if self.standby is None and self.ready >= set(self.stages) & {"preprocess"}:
-                    self.start_capture_ahead()
                 if self.ready >= set(self.stages) - {"capture"}:
                     self.release_capture()
                     self.started = time.monotonic()
