@@ -23,7 +23,8 @@ $BIN/python deploy/bundled_training_data.py --elpv ../shared/data/elpv --exclude
 [ -f $RUNS/patch_head/metrics.json ] || \
     $BIN/edge-train patch-head $COMMON --out $RUNS/patch_head --overwrite
 $BIN/edge-train hybrid --familiarity $RUNS/patch_knn --patch-head $RUNS/patch_head --out $RUNS/hybrid --overwrite
-# 5% false alarms at 95% confidence from the run's held-out good cells (110 of them)
+# 5% false alarms at 95% confidence from the run's held-out good cells (300 of them by the default
+# hold-out rule, trainer/run_setup.py validation_count; the committed model was fitted on 110)
 $BIN/edge-calibrate --run $RUNS/hybrid --target-far 0.05 --no-plots
 mkdir -p $OUT
 $BIN/edge-export --run $RUNS/hybrid --calibration $RUNS/hybrid/calibration.json --out $OUT/model.onnx
