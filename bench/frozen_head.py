@@ -192,12 +192,10 @@ def evaluate(feats: torch.Tensor, index: dict, dataset, k: int, seed: int, bank:
     key = (seed, bank, tuple(fit_good), tuple(val))
     if key not in _KNN_CACHE:
         bank_feats = random_bank(feats[fit_good], bank, seed)
-        _KNN_CACHE[key] = (knn_scores(bank_feats, feats[val]).numpy(),
-                           {i: float(s) for i, s in zip(test, knn_scores(bank_feats, feats[test]).numpy())}, 0.0)
-    val_scores, by_index, _ = _KNN_CACHE[key]
-    missing = [i for i in test if i not in by_index]
-    if missing:  # a k-shot test set holds the defects that a smaller k left for testing
-        bank_feats = random_bank(feats[fit_good], bank, seed)
+        _KNN_CACHE[key] = (bank_feats, knn_scores(bank_feats, feats[val]).numpy(), {})
+    bank_feats, val_scores, by_index = _KNN_CACHE[key]
+    missing = [i for i in test if i not in by_index]  # a smaller k leaves more defects for testing
+    if missing:
         by_index.update(zip(missing, knn_scores(bank_feats, feats[missing]).numpy().tolist()))
     knn = {"val": val_scores, "test": np.array([by_index[i] for i in test])}
     knn_s = time.perf_counter() - start
