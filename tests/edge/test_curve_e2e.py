@@ -47,8 +47,12 @@ def test_only_allowed_keys_hear_a_curve_node(tmp_path):
     assert "INSECURE" not in text and "edge-keys allow" in text      # the node names the refused key
     summary = json.loads((tmp_path / "summary.json").read_text())   # every refusal counted (issue 13)
     assert summary["curve_refused"] >= 1                                          # the stranger's key
-    assert summary["curve_handshake_failed"].get("client_not_curve", 0) >= 1, summary["curve_handshake_failed"]
-    assert "refused a client that does not use CURVE" in text                     # the plaintext one, logged
+    # the plaintext client, counted and logged. Whichever side reads the other's greeting first sees the
+    # mechanism mismatch and hangs up, the other sees only the hang-up (as in test_security's
+    # test of the watch), so the node names it "client_not_curve" or "client_dropped": both say CURVE.
+    failed = summary["curve_handshake_failed"]
+    assert failed.get("client_not_curve", 0) + failed.get("client_dropped", 0) >= 1, failed
+    assert "refused a client that does not use CURVE" in text or "(a client without CURVE" in text
     assert "closing the CURVE authority while" not in text                        # sockets closed first
     for sub in (mes, stranger, plain):
         sub.close()
