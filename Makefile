@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install broker demo demo-plc train-demo bundled-model test sdd-data bench-floors bench-detection bench-ae bench-twohead bench-runtime bench-pipeline clean
+.PHONY: install broker chromium demo demo-plc train-demo bundled-model test sdd-data bench-floors bench-detection bench-ae bench-twohead bench-runtime bench-pipeline clean
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -67,7 +67,15 @@ broker:
 	  { [ "$$(id -u)" = 0 ] && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto >/dev/null; } || \
 	  echo "make broker: cannot install mosquitto (needs root and apt-get): the MQTT bridge tests will skip"
 
-test: $(STAMP) broker
+# The operator's screen is tested in a real headless browser (tests/edge/test_view_browser.py): Debian's
+# chromium, driven over the DevTools protocol on loopback. Installed with apt-get where we are root (Playwright's
+# own browser download cannot reach its servers here); elsewhere those tests skip, saying so.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || \
+	  { [ "$$(id -u)" = 0 ] && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
+	  echo "make chromium: cannot install chromium (needs root and apt-get): the browser tests of the view will skip"
+
+test: $(STAMP) broker chromium
 	$(BIN)/python -m pytest -q
 
 # The DRA/SaliencyCut SDD benchmark: KolektorSDD (../shared/data/kolektorsdd) cut into vertical thirds,

@@ -54,3 +54,8 @@ class PipelineConfig:
     journal_max_age_s: float = 7 * 86400.0
     journal_max_bytes: int = 1 << 30
     replay_addr: str = ""
+    # The operator's screen (edge-run --view-port, edge/view): the alert stage's rate-limited preview PUB and the
+    # camera API's channel to the capture stage, both private ipc:// endpoints; "" = off
+    preview_addr: str = ""
+    preview_fps: float = 2.0              # preview frames per camera per second
+    control_addr: str = ""

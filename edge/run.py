@@ -36,6 +36,7 @@ from edge.rules import RulesError, parse_threshold
 from edge.security import CurveConfig, SecurityError, add_curve_arguments, insecure_warning
 from edge.sources import parse_source, parse_sources
 from edge.stages.base import decode_snapshot
+from edge.view.options import add_view_arguments, configure_view, start_view
 from edge.wire import MessageError, make_socket, unpack
 
 log = logging.getLogger("edge")
@@ -569,6 +570,7 @@ reopened with back-off and reported as a NotDecidable alert ("camera blind")."""
     p.add_argument("--max-restarts", type=count_from_zero, default=5, metavar="N",
                    help="restarts of one stage within 5 minutes before edge-run gives up (default 5)")
     add_curve_arguments(p, server=True, client=True)
+    add_view_arguments(p)
     return p
 
 
@@ -664,6 +666,11 @@ def main(argv: list[str] | None = None) -> int:
     a = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s supervisor %(levelname)s %(message)s")
     cfg, stages = config_from_args(a)   # a configuration error is refused in one line, before anything is touched
+    try:
+        view_token = configure_view(cfg, a, stages)   # the operator's screen (edge/view): checked before any start
+    except SystemExit:
+        remove_ipc_dir(cfg.metrics_addr)
+        raise
     remove_dead_owners()   # frame rings and ipc folders of pipelines that were killed
     sup = Supervisor(cfg, stages, a.print_every, a.metrics_port, a.duration, a.quiet,
                      heartbeat_timeout_s=a.heartbeat_timeout, max_restarts=a.max_restarts,
@@ -675,7 +682,20 @@ def main(argv: list[str] | None = None) -> int:
         sup.ctx.destroy(linger=0)
         remove_ipc_dir(cfg.metrics_addr)
         return CONFIG_ERROR_EXIT
-    code = sup.run()
+    try:
+        view = start_view(sup, a, view_token)
+    except OSError as e:   # the view's port in use
+        print(f"edge-run: {e.strerror or e} (--view-port / --view-bind)", file=sys.stderr, flush=True)
+        if sup.server:
+            sup.server.close()
+        sup.ctx.destroy(linger=0)
+        remove_ipc_dir(cfg.metrics_addr)
+        return CONFIG_ERROR_EXIT
+    try:
+        code = sup.run()
+    finally:
+        if view is not None:
+            view.close()
     print_summary(sup.summary)
     if a.summary_json:
         a.summary_json.write_text(json.dumps(sup.summary, indent=2) + "\n")

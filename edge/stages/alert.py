@@ -43,6 +43,7 @@ from edge.replay import ReplayServer, default_replay_addr
 from edge.rules import DEFAULT_CAMERA, CameraRules, RulesError, camera_rules, check_cameras, rules_for
 from edge.stages.base import Stage, log
 from edge.verdict import normalised_score
+from edge.view.preview import PreviewFeed
 from edge.wire import MessageError, check_items, field, make_socket
 
 RECV_HWM = 16
@@ -106,6 +107,8 @@ class AlertStage(Stage):
             self.replay = ReplayServer(self.ctx, replay_addr, self.journal, self.node,
                                        count=lambda name, n=1: self.metrics.inc(name, n=n),
                                        prepare=lambda sock: self.secure_server(sock, replay_addr, always=True))
+            # the operator's screen (edge-run --view-port, edge/view/preview.py): never waits, off when unwatched
+            self.preview = PreviewFeed(self.ctx, cfg.preview_addr, cfg.preview_fps) if cfg.preview_addr else None
         except BaseException:
             self.journal.close()
             raise
@@ -160,7 +163,8 @@ class AlertStage(Stage):
 
     def publish(self, camera: str, frame_seq: int, mono: float, wall: float, verdict: str, rules: CameraRules,
                 score: float | None = None, regions=None, reason: str | None = None,
-                thumbnail: bytes | None = None, part_id: str | None = None) -> None:
+                thumbnail: bytes | None = None, part_id: str | None = None, view_jpeg: bytes | None = None,
+                item: dict | None = None) -> None:
         latency_ms = (time.monotonic() - mono) * 1e3
         if frame_seq >= 0:   # a frame's verdict; an alert about the camera itself is not a frame
             self.metrics.inc(f"verdict_{verdict}", camera)
@@ -169,6 +173,13 @@ class AlertStage(Stage):
         else:
             self.metrics.inc("camera_alerts", camera)
         if verdict == "OK" and self.cfg.publish != "all":
+            if view_jpeg is not None:   # a frame the operator's screen asked for, not published as an alert
+                self.preview.send("frame", {
+                    "camera": camera, "frame_seq": frame_seq, "capture_wall": wall, "latency_ms": latency_ms,
+                    "verdict": verdict, "score": score, "threshold": rules.threshold, "part_id": part_id,
+                    "normalised_score": None if score is None else float(normalised_score(score, rules.center,
+                                                                                          rules.scale)),
+                    "model_version": self.manifest["model_version"], "regions": regions or []}, view_jpeg, item)
             return
         self.alert_seq += 1
         alert = make_alert(
@@ -184,6 +195,8 @@ class AlertStage(Stage):
             frames = encode_alert(alert)
         entry = JournalEntry(self.alert_seq, alert["published_wall"], camera, verdict, frames[1])
         self._outbox.append((entry, frames, camera))   # journaled, then sent, by flush()
+        if self.preview is not None and (verdict != "OK" or view_jpeg is not None):
+            self.preview.send("frame" if verdict == "OK" else "alert", alert, view_jpeg, item)
 
     def flush(self) -> None:
         """Journal the alerts of the message just handled (one transaction: one fsync), then
@@ -233,10 +246,14 @@ class AlertStage(Stage):
         verdict = "NotOK" if score > rules.threshold else "OK"
         regions = frame_regions(heatmap, rules, item) if verdict == "NotOK" else []
         want_thumb = self.cfg.thumbnails == "all" or (self.cfg.thumbnails == "defects" and verdict == "NotOK")
-        thumb = heat_thumbnail(pixels, heatmap, 2 * float(rules.pixel_threshold or heatmap.max() or 1.0)) \
+        high = 2 * float(rules.pixel_threshold or heatmap.max() or 1.0)
+        thumb = heat_thumbnail(pixels, heatmap, high) \
             if want_thumb and (self.cfg.publish == "all" or verdict != "OK") else None
+        view_jpeg = None   # the operator's screen: this camera's newest frame, rate-limited; every reject
+        if self.preview is not None and (self.preview.due(camera) or (verdict == "NotOK" and self.preview.active)):
+            view_jpeg = thumb if thumb is not None else heat_thumbnail(pixels, heatmap, high)
         self.publish(camera, item["seq"], item["mono"], item["wall"], verdict, rules, score=score,
-                     regions=regions, thumbnail=thumb, part_id=item.get("part_id"))
+                     regions=regions, thumbnail=thumb, part_id=item.get("part_id"), view_jpeg=view_jpeg, item=item)
 
     def handle(self, header: dict, arrays: list) -> None:
         kind = header["kind"]
@@ -315,6 +332,8 @@ class AlertStage(Stage):
                                      "written: move that journal aside before the next start, or new alerts will "
                                      "reuse these numbers", entries[0].seq, entries[-1].seq, self.journal.path, e)
         finally:
+            if self.preview is not None:
+                self.preview.close()
             self.replay.close()
             self.journal.close()
             super().close()

@@ -35,6 +35,7 @@ from edge.config import PipelineConfig
 from edge.frame_ring import FrameRing
 from edge.sources import CameraReader, parse_source
 from edge.stages.base import Stage, log
+from edge.view.cameras import serve_requests
 from edge.wire import MAX_MESSAGE_BYTES, make_socket, pack
 
 SEND_HWM = 16
@@ -111,6 +112,61 @@ class CaptureStage(Stage):
         self.readers = [CameraReader(s, self.on_frame, self.on_event, loop=cfg.loop,
                                      stall_timeout_s=cfg.stall_timeout_s, fps_limit=cfg.fps_limit)
                         for s in self.specs]
+        self.roi_of = {s.camera: list(s.roi) for s in self.specs if s.roi}
+        self.removed: list[CameraReader] = []   # cameras removed at run time (the camera API, edge/view/cameras.py)
+        self.control = None
+        if cfg.control_addr:
+            self.control = self.ctx.socket(zmq.DEALER)
+            self.control.setsockopt(zmq.LINGER, 0)
+            self.control.setsockopt(zmq.MAXMSGSIZE, 64 << 10)
+            self.control.connect(cfg.control_addr)
+
+    # -- cameras added and removed while the line runs (edge-run --view-port's camera API) -------------
+    def control_request(self, req: dict) -> dict:
+        """One camera API request from the supervisor, already checked there as --source is at start."""
+        if not isinstance(req, dict) or time.monotonic() > float(req.get("deadline", 0)):
+            raise ValueError("request expired: the supervisor has stopped waiting for it")
+        if req.get("op") == "add":
+            spec = parse_source(str(req["source"]), len(self.specs))
+            if any(r.camera == spec.camera for r in self.readers):
+                raise ValueError(f"camera {spec.camera!r} is already running")
+            reader = CameraReader(spec, self.on_frame, self.on_event, loop=self.cfg.loop,
+                                  stall_timeout_s=self.cfg.stall_timeout_s, fps_limit=self.cfg.fps_limit)
+            if spec.roi:
+                self.roi_of[spec.camera] = list(spec.roi)
+            try:
+                reader.start()   # SourceError (a ValueError) for a source that cannot work: refused, with why
+            except BaseException:
+                self.roi_of.pop(spec.camera, None)
+                raise
+            self.specs.append(spec)
+            self.readers.append(reader)
+            log.info("capture %s: added (%s %s)", spec.camera, spec.kind, spec.shown)
+            return {}
+        if req.get("op") == "remove":
+            reader = next((r for r in self.readers if r.camera == req.get("camera")), None)
+            if reader is None:
+                raise ValueError(f"no camera {req.get('camera')!r} is running")
+            reader.stop()   # its last frame is sent before the thread ends; frames in flight go on downstream
+            self.readers.remove(reader)
+            self.specs = [s for s in self.specs if s.camera != reader.camera]
+            self.removed.append(reader)
+            self.roi_of.pop(reader.camera, None)
+            self.blind.on_event(reader.camera, "opened", "removed")   # no more blind reminders for it
+            ring = self.rings.pop(reader.camera, None)
+            if ring is not None:   # frames in flight still point into it: closed once released
+                self.retired.setdefault(reader.camera, []).append((ring, time.monotonic()))
+            log.info("capture %s: removed after %d frames", reader.camera, reader.stats["frames"])
+            return {"frames": int(reader.stats["frames"])}
+        raise ValueError(f"unknown request {req.get('op')!r}")
+
+    def serve_control(self, timeout_s: float) -> None:
+        if self.control is None:
+            time.sleep(timeout_s)
+            return
+        serve_requests(self.control, self.control_request, int(timeout_s * 1000))
+        for r in self.removed:
+            self.close_released_rings(r.camera)
 
     def ring_for(self, camera: str, nbytes: int) -> FrameRing:
         """The camera's ring, grown when a frame does not fit (called from the camera's thread)."""
@@ -139,7 +195,7 @@ class CaptureStage(Stage):
     def count_bad_frames(self) -> None:
         """Images a reader could not deliver (bad_frame) are frames too: counted, per camera, exactly
         (the reader's bad_frame *events* are rate-limited on streams; its stats are not)."""
-        for r in self.readers:
+        for r in self.readers + self.removed:
             n = int(r.stats["bad_frames"])
             new = n - self._bad_counted.get(r.camera, 0)
             if new > 0:
@@ -151,6 +207,9 @@ class CaptureStage(Stage):
         self.metrics.inc("frames_in", camera)
         header = {"kind": "frame", "camera": camera, "seq": seq, "mono": mono, "wall": wall,
                   "shape": list(frame.shape), "pixel_format": pixel_format, "part_id": part_id}
+        roi = self.roi_of.get(camera)
+        if roi is not None:   # the source's own ROI (--source NAME=SRC@x,y,w,h, or the camera API): preprocess crops it
+            header["roi"] = roi
         if self.cfg.frames_inline:
             if frame.nbytes + INLINE_HEADER_ROOM > MAX_MESSAGE_BYTES:
                 self.metrics.inc("untransportable", camera)
@@ -210,7 +269,7 @@ class CaptureStage(Stage):
             r.start()
         try:
             while not self.stopping and not all(r.finished for r in self.readers) and not self.orphaned():
-                time.sleep(0.05)
+                self.serve_control(0.05)
                 for camera, detail in self.blind.due():   # still blind: the line is told again
                     self.send_event(camera, "blind", detail)
                 self.count_bad_frames()
@@ -222,6 +281,8 @@ class CaptureStage(Stage):
             with self.lock:
                 self.end_stream(self.out)
             self.wait_for_readers(timeout_s=30.0 if self.cfg.no_drop else 1.0)
+            if self.control is not None:
+                self.control.close(linger=0)
             self.close()
             for ring in self.all_rings():
                 ring.close()

@@ -29,6 +29,19 @@ RECV_HWM = 64
 SEND_HWM = 2
 
 
+def source_roi(header: dict) -> tuple[int, int, int, int] | None:
+    """The ROI a frame's source names (``--source NAME=SRC@x,y,w,h``, or a camera added through the
+    camera API): capture puts it in the header; MessageError for one that is not x, y >= 0, w, h > 0."""
+    roi = header.get("roi")
+    if roi is None:
+        return None
+    if not (isinstance(roi, list) and len(roi) == 4 and all(isinstance(v, int) and not isinstance(v, bool)
+                                                             for v in roi)
+            and roi[0] >= 0 and roi[1] >= 0 and roi[2] > 0 and roi[3] > 0):
+        raise MessageError(f"bad roi {str(roi)[:40]} in a frame header")
+    return tuple(roi)
+
+
 class PreprocessStage(Stage):
     name = "preprocess"
 
@@ -75,7 +88,7 @@ class PreprocessStage(Stage):
         """(item, model pixels or None, reason it cannot be used)."""
         camera, seq = field(header, "camera", str), field(header, "seq", int)
         item = {"camera": camera, "seq": seq, "mono": float(field(header, "mono", (int, float))),
-                "wall": float(field(header, "wall", (int, float))), "roi": self.rois.get(camera),
+                "wall": float(field(header, "wall", (int, float))), "roi": source_roi(header) or self.rois.get(camera),
                 "part_id": field(header, "part_id", (str, type(None)))}   # travels on to the alert
         pixel_format = field(header, "pixel_format", str)
         try:
