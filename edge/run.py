@@ -2,7 +2,9 @@
 
     capture --frames--> preprocess --batches--> score --scored--> alert --PUB--> PLC/MES (edge-alerts)
 
-One command starts every stage as its own process (``--stages`` picks a subset, so
+One command starts every stage as its own process (or, with ``--stage-mode threads``, every
+stage as a thread of one process joined by inproc://: edge/stages/group.py; why processes are
+the default: docs/pipeline.md, "Stage mode") (``--stages`` picks a subset, so
 a plant can run capture on a camera box and the rest on a GPU box: give both the
 same addresses). The supervisor (this process) collects each stage's metrics,
 prints them every ``--print-every`` seconds, serves them to Prometheus on
@@ -15,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import multiprocessing as mp
 import os
 import signal
@@ -45,6 +48,8 @@ CONFIG_ERROR_EXIT = 2         # a stage that cannot start (bad engine, address i
 STARTUP_GRACE_S = 60.0        # a stage's first heartbeat may wait for an engine to load
 RESTART_BACKOFF_S = 0.5       # first restart after this, doubling per restart in the window
 RESTART_BACKOFF_MAX_S = 10.0
+STAGE_MODES = ("processes", "threads")
+DEFAULT_STAGE_MODE = "processes"   # why: docs/pipeline.md, "Stage mode"
 
 
 def _stage_main(name: str, cfg: dict, go=None) -> None:
@@ -72,8 +77,26 @@ def _stage_main(name: str, cfg: dict, go=None) -> None:
     os._exit(0)
 
 
+def _group_main(stages: list[str], cfg: dict, go=None) -> None:
+    """Entry point of a process that runs several stages as threads (``--stage-mode threads``,
+    edge/stages/group.py): exit code 0, CONFIG_ERROR_EXIT (a stage cannot run), or 1 (a stage
+    thread crashed: the supervisor restarts the process)."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(threadName)15s %(levelname)s %(message)s")
+    import faulthandler
+    faulthandler.register(signal.SIGUSR1)   # all threads: `kill -USR1 <pid>` shows where each stage is
+    keep_freed_buffers()
+    _name_process("edge-pipeline")
+    from edge.stages import group
+    code = group.run(PipelineConfig(**cfg), stages, go, name_thread=_name_process)
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)   # as _stage_main: skip the interpreter's teardown
+
+
 def _name_process(name: str) -> None:
-    """Show the stage's name in ps/top (/proc/PID/comm), where a plant engineer looks first."""
+    """Show the stage's name in ps/top (/proc/PID/comm; called in a thread, that thread's name in
+    top -H, /proc/PID/task/TID/comm), where a plant engineer looks first."""
     try:
         import ctypes
         ctypes.CDLL(None).prctl(15, name.encode()[:15], 0, 0, 0)   # PR_SET_NAME
@@ -95,13 +118,31 @@ def merge_snapshots(snapshots: list[dict]) -> dict:
     return merged
 
 
+def stage_units(stages: list[str], mode: str) -> dict[str, list[str]]:
+    """The processes the supervisor runs, each with its stages: one per stage (``processes``), or
+    one for all of them (``threads``; named ``pipeline``, or after its stage when it has one)."""
+    if mode == "processes" or len(stages) == 1:
+        return {s: [s] for s in stages}
+    return {"pipeline": list(stages)}
+
+
 class Supervisor:
-    """Starts the stage processes, restarts one that dies or hangs, and stops them in order."""
+    """Starts the stage processes, restarts one that dies or hangs, and stops them in order.
+
+    It watches *units*: a process and the stages it runs (one each with ``--stage-mode
+    processes``, all of them as threads of one process with ``threads``). Heartbeats are per
+    stage, restarts per unit: a hung or crashed stage thread restarts its whole process."""
 
     def __init__(self, cfg: PipelineConfig, stages: list[str], print_every: float, metrics_port: int | None,
                  duration: float | None, quiet: bool, heartbeat_timeout_s: float = 15.0,
-                 max_restarts: int = 5, restart_window_s: float = 300.0, metrics_host: str = "0.0.0.0") -> None:
+                 max_restarts: int = 5, restart_window_s: float = 300.0, metrics_host: str = "0.0.0.0",
+                 stage_mode: str = "processes") -> None:
         self.cfg, self.stages, self.print_every, self.duration, self.quiet = cfg, stages, print_every, duration, quiet
+        self.stage_mode = stage_mode
+        self.units = stage_units(stages, stage_mode)
+        self.unit_of = {s: u for u, members in self.units.items() for s in members}
+        self.released = False                         # capture may read (or runs nowhere here)
+        self.group_go = None                          # threads mode: the go event of the unit with capture
         self.heartbeat_timeout_s, self.max_restarts, self.restart_window_s = \
             heartbeat_timeout_s, max_restarts, restart_window_s
         self.ctx = zmq.Context()
@@ -110,9 +151,9 @@ class Supervisor:
         self.snapshots: dict[str, dict] = {}          # newest snapshot of each stage's live incarnation
         self.retired: dict[str, list[dict]] = {}      # last snapshots of incarnations that died
         self.ready: set[str] = set()
-        self.procs: dict[str, mp.Process] = {}
+        self.procs: dict[str, mp.Process] = {}        # unit -> its live process
         self.last_seen: dict[str, float] = {}         # when each live stage last reported
-        self.restart_at: dict[str, float] = {}        # stage -> when to start it again
+        self.restart_at: dict[str, float] = {}        # unit -> when to start it again
         self.restart_times: dict[str, list[float]] = {}
         self.stop_requested = False
         self.failed: str | None = None
@@ -126,33 +167,48 @@ class Supervisor:
         self.started = time.monotonic()
 
     # -- stage processes ------------------------------------------------------------------------------
-    def spawn(self, name: str) -> None:
-        p = self._start_process(name)
-        self.procs[name] = p
-        if name == "capture":
+    def spawn(self, unit: str, go=None) -> None:
+        p = self._start_process(unit, go)
+        self.procs[unit] = p
+        if "capture" in self.units[unit]:
             self.capture_pids.append(p.pid)   # each incarnation's rings are removed at the end
         # A stage reports twice a second once running; loading an engine may take a while first.
-        self.last_seen[name] = time.monotonic() + STARTUP_GRACE_S
+        for name in self.units[unit]:
+            self.last_seen[name] = time.monotonic() + STARTUP_GRACE_S
 
-    def _start_process(self, name: str, go=None) -> mp.Process:
+    def _start_process(self, unit: str, go=None) -> mp.Process:
         # daemon: should this process die of an exception, multiprocessing terminates the stages
         # instead of waiting for them (which would wait forever: a stage exits when its parent does).
-        p = mp.get_context("spawn").Process(target=_stage_main, args=(name, asdict(self.cfg), go),
-                                            name=f"edge-{name}", daemon=True)
+        members = self.units[unit]
+        target, args = (_stage_main, (unit, asdict(self.cfg), go)) if self.stage_mode == "processes" \
+            else (_group_main, (members, asdict(self.cfg), go))
+        p = mp.get_context("spawn").Process(target=target, args=args, name=f"edge-{unit}", daemon=True)
         p.start()
         return p
 
     def start_capture_ahead(self) -> None:
         """Start the capture process while the other stages load (an interpreter, OpenCV and the
-        sources take a second under load); it opens nothing and reads nothing until released."""
+        sources take a second under load); it opens nothing and reads nothing until released.
+        In threads mode capture is a thread of the unit's process, which starts now, with the go
+        event: its other stages load meanwhile."""
         go = mp.get_context("spawn").Event()
         self.go_events.append(go)
+        unit = self.unit_of["capture"]
+        if self.units[unit] != ["capture"]:
+            self.spawn(unit, go)
+            self.group_go = go
+            return
         p = self._start_process("capture", go)
         self.capture_pids.append(p.pid)
         self.standby = (p, go)
 
     def release_capture(self) -> None:
         """Every other stage is ready: let the capture started ahead read (or start one now)."""
+        self.released = True
+        if self.group_go is not None:
+            self.group_go.set()
+            self.last_seen["capture"] = time.monotonic() + STARTUP_GRACE_S   # it reports once it reads
+            return
         if self.standby is None:
             self.spawn("capture")
             return
@@ -190,7 +246,7 @@ class Supervisor:
             except MessageError as e:
                 log.warning("supervisor: bad metrics message: %s", e)
                 continue
-            name, proc = snap["stage"], self.procs.get(snap["stage"])
+            name, proc = snap["stage"], self.procs.get(self.unit_of.get(snap["stage"], ""))
             if proc is None or snap.get("pid") != proc.pid:
                 continue  # a late word from an incarnation already retired
             self.snapshots[name] = snap
@@ -208,48 +264,56 @@ class Supervisor:
         """What /metrics serves: the stages, plus the supervisor's own restart counts."""
         out = self.merged()
         out["supervisor"] = {"stage": "supervisor", "pid": os.getpid(), "time": time.monotonic(),
+                             # per unit: a stage's name, or "pipeline" for the stage threads of one process
                              "counters": {"stage_restarts": {n: len(t) for n, t in self.restart_times.items()}},
                              "latency_ms": {}}
         return out
 
     def watch(self, now: float) -> None:
-        """Restart a stage that died (exit code != 0) or hangs (no heartbeat), with back-off."""
+        """Restart a unit whose process died (exit code != 0) or hangs (a stage without heartbeat),
+        with back-off."""
         for name, p in list(self.procs.items()):
             if name in self.restart_at:
                 continue
+            members = self.units[name]
+            what = f"{name} stage" if members == [name] else f"{name} ({', '.join(members)}: stage threads)"
             if p.exitcode is None:
-                if now - self.last_seen[name] > self.heartbeat_timeout_s and not self.stop_requested:
-                    log.error("%s stage (pid %d) silent for %.0f s: killing it as hung", name, p.pid,
-                              now - self.last_seen[name])
+                silent = [s for s in members if now - self.last_seen[s] > self.heartbeat_timeout_s]
+                if silent and not self.stop_requested:
+                    log.error("%s stage (pid %d) silent for %.0f s: killing %s as hung", silent[0], p.pid,
+                              now - self.last_seen[silent[0]], "it" if members == [name] else f"the {name} process")
                     p.kill()
+                    for stage in members:   # once: it is seen dead at the next look
+                        self.last_seen[stage] = math.inf
                 continue
             if self.stop_requested:
                 continue
             if p.exitcode == CONFIG_ERROR_EXIT:   # a bad engine, address or journal: a restart cannot help
-                log.error("%s stage cannot run (see its error above): stopping the pipeline", name)
+                log.error("%s cannot run (see its error above): stopping the pipeline", what)
                 self.failed = self.failed or name
                 self.stop_requested = True
                 continue
             if p.exitcode == 0:
-                if "capture" in self.stages and "capture" not in self.procs:   # ended before any frame
-                    log.error("%s stage ended before the pipeline started: stopping", name)
+                if "capture" in self.stages and not self.released:   # ended before any frame
+                    log.error("%s ended before the pipeline started: stopping", what)
                     self.failed = self.failed or name
                     self.stop_requested = True
                 continue
-            if name in self.snapshots:
-                self.retired.setdefault(name, []).append(self.snapshots.pop(name))
-            self.ready.discard(name)
+            for stage in members:
+                if stage in self.snapshots:
+                    self.retired.setdefault(stage, []).append(self.snapshots.pop(stage))
+                self.ready.discard(stage)
             recent = [t for t in self.restart_times.get(name, []) if now - t < self.restart_window_s]
             if len(recent) >= self.max_restarts:
-                log.error("%s stage died (exit code %s) %d times in %.0f s: giving up, stopping the pipeline",
-                          name, p.exitcode, len(recent) + 1, self.restart_window_s)
+                log.error("%s died (exit code %s) %d times in %.0f s: giving up, stopping the pipeline",
+                          what, p.exitcode, len(recent) + 1, self.restart_window_s)
                 self.failed = self.failed or name
                 self.stop_requested = True
                 continue
             delay = min(RESTART_BACKOFF_MAX_S, RESTART_BACKOFF_S * 2 ** len(recent))
             self.restart_times.setdefault(name, []).append(now)
             self.restart_at[name] = now + delay
-            log.error("%s stage died (exit code %s): restarting it in %.1f s (restart %d)", name, p.exitcode,
+            log.error("%s died (exit code %s): restarting it in %.1f s (restart %d)", what, p.exitcode,
                       delay, len(self.restart_times[name]))
         for name, when in list(self.restart_at.items()):
             if now >= when:
@@ -263,7 +327,8 @@ class Supervisor:
 
     def stop_capture(self) -> None:
         """Stop the head of the local pipeline; end-of-stream then flows down and ends the rest."""
-        head = next((self.procs[s] for s in STAGES if s in self.procs and self.procs[s].is_alive()), None)
+        head = next((self.procs[u] for s in STAGES for u in [self.unit_of.get(s)]
+                     if u in self.procs and self.procs[u].is_alive()), None)
         if head is not None:
             os.kill(head.pid, signal.SIGTERM)
 
@@ -279,12 +344,14 @@ class Supervisor:
                 p.kill()
 
     def capture_started(self) -> bool:
-        return "capture" in self.procs or "capture" not in self.stages
+        return self.released or "capture" not in self.stages
 
     def finished(self) -> bool:
         if not self.procs or self.restart_at or any(p.exitcode is None for p in self.procs.values()):
             return False
-        return self.stop_requested or "capture" in self.procs or "capture" not in self.stages
+        if not self.stop_requested and any(p.exitcode != 0 for p in self.procs.values()):
+            return False   # one died (every process, in threads mode): watch() restarts it or gives up
+        return self.stop_requested or self.capture_started()
 
     # -- the loop -------------------------------------------------------------------------------------
     def start_metrics(self) -> None:
@@ -298,16 +365,16 @@ class Supervisor:
         signal.signal(signal.SIGTERM, self.request_stop)
         # Downstream first; capture only once every local stage is ready (engine loaded,
         # subscribers joined), so the first frames are not lost to a stage still starting.
-        for name in reversed(self.stages):
-            if name != "capture":
-                self.spawn(name)
+        for unit in reversed(list(self.units)):
+            if "capture" not in self.units[unit]:
+                self.spawn(unit)
         if "capture" in self.stages:   # ahead: it loads while the engine does, reads when released
             self.start_capture_ahead()
         last_print, prev, stopping_since = time.monotonic(), None, None
         while not self.finished():
             self.drain_metrics(100)
             now = time.monotonic()
-            if "capture" in self.stages and "capture" not in self.procs and not self.stop_requested:
+            if "capture" in self.stages and not self.released and not self.stop_requested:
                 if self.ready >= set(self.stages) - {"capture"}:
                     self.release_capture()
                     self.started = time.monotonic()
@@ -339,12 +406,15 @@ class Supervisor:
             self.server.close()
         self.ctx.destroy(linger=0)
         remove_ipc_dir(self.cfg.metrics_addr)   # the private ipc:// folder of this run
-        for name, p in self.procs.items():   # the final incarnations' counters join the totals
-            if name in self.snapshots and p.exitcode not in (None, 0):
-                self.retired.setdefault(name, []).append(self.snapshots.pop(name))
-        self.summary = run_summary(self.merged(), elapsed, restarted={n for n, t in self.restart_times.items() if t})
-        self.summary["stage_pids"] = {name: p.pid for name, p in self.procs.items()}
-        self.summary["restarts"] = {n: len(t) for n, t in self.restart_times.items()}
+        for unit, p in self.procs.items():   # the final incarnations' counters join the totals
+            for name in self.units[unit]:
+                if name in self.snapshots and p.exitcode not in (None, 0):
+                    self.retired.setdefault(name, []).append(self.snapshots.pop(name))
+        restarted = {s for u, t in self.restart_times.items() if t for s in self.units[u]}
+        self.summary = run_summary(self.merged(), elapsed, restarted=restarted)
+        self.summary["stage_mode"] = self.stage_mode
+        self.summary["stage_pids"] = {s: self.procs[u].pid for s, u in self.unit_of.items() if u in self.procs}
+        self.summary["restarts"] = {n: len(t) for n, t in self.restart_times.items()}   # per unit
         self.summary["capture_started"] = self.capture_started()
         self.summary["failed_stage"] = self.failed
         return 1 if self.failed else 0
@@ -556,6 +626,13 @@ reopened with back-off and reported as a NotDecidable alert ("camera blind")."""
     p.add_argument("--print-every", type=positive_seconds, default=5.0, metavar="S", help="print metrics every S seconds")
     p.add_argument("--duration", type=positive_seconds, default=None, metavar="S", help="stop cleanly after S seconds")
     p.add_argument("--stages", default=",".join(STAGES), help="the stages this process runs (default: all four)")
+    p.add_argument("--stage-mode", choices=STAGE_MODES, default=DEFAULT_STAGE_MODE,
+                   help="run each stage as its own process (default: a stage that crashes or hangs is restarted "
+                        "alone, the others keep their frames and the engine stays loaded), or all of them as "
+                        "threads of one process joined by inproc:// (capture hands preprocess the decoded frame "
+                        "itself: no shared-memory copy, no socket system calls; the engine, OpenCV and ZeroMQ "
+                        "release the GIL), which saves CPU per frame but restarts every stage, capture and the "
+                        "engine load included, when one of them crashes or hangs (docs/pipeline.md)")
     for hop in ("frames", "batches", "scored"):
         p.add_argument(f"--{hop}-addr", default="", metavar="ADDR",
                        help=f"ZeroMQ endpoint of the {hop} hop (default: private ipc:// when the stages share this host)")
@@ -605,6 +682,10 @@ def config_from_args(a: argparse.Namespace) -> tuple[PipelineConfig, list[str]]:
             raise SystemExit("edge-run: --replay-addr must differ from --alerts-addr")
     endpoints = local_endpoints()
     addr = {hop: getattr(a, f"{hop}_addr") or endpoints[hop] for hop in ("frames", "batches", "scored")}
+    if a.stage_mode == "threads":   # a hop between two stage threads of this process: inproc://
+        for hop, (tx, rx) in HOPS.items():
+            if not getattr(a, f"{hop}_addr") and tx in stages and rx in stages:
+                addr[hop] = f"inproc://edge-{hop}"
     cfg = PipelineConfig(
         engine=str(a.engine), sources=list(a.source), rois=dict(a.roi), loop=a.loop, no_drop=a.no_drop,
         fps_limit=a.fps, stall_timeout_s=a.stall_timeout, max_batch=a.max_batch, max_queue_delay_ms=a.max_queue_delay_ms, publish=a.publish, thumbnails=a.thumbnails, threshold=a.threshold,
@@ -674,7 +755,7 @@ def main(argv: list[str] | None = None) -> int:
     remove_dead_owners()   # frame rings and ipc folders of pipelines that were killed
     sup = Supervisor(cfg, stages, a.print_every, a.metrics_port, a.duration, a.quiet,
                      heartbeat_timeout_s=a.heartbeat_timeout, max_restarts=a.max_restarts,
-                     metrics_host=a.metrics_bind)
+                     metrics_host=a.metrics_bind, stage_mode=a.stage_mode)
     try:
         sup.start_metrics()
     except OSError as e:   # a port in use, a bad --metrics-bind: one line, not a traceback

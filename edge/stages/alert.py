@@ -79,8 +79,8 @@ def frame_regions(heatmap: np.ndarray, rules: CameraRules, item: dict) -> list[d
 class AlertStage(Stage):
     name = "alert"
 
-    def __init__(self, cfg: PipelineConfig) -> None:
-        super().__init__(cfg)
+    def __init__(self, cfg: PipelineConfig, ctx: zmq.Context | None = None, on_ready=None) -> None:
+        super().__init__(cfg, ctx, on_ready)
         self.manifest = load_manifest(cfg.engine, verify_checksum=False)
         self.rules = camera_rules(self.manifest, cfg.threshold)
         self.check_cameras_known(cfg)

@@ -1,15 +1,21 @@
-"""What every stage process shares: sockets, the stop flag, metrics reporting, the input loop.
+"""What every stage shares: sockets, the stop flag, metrics reporting, the input loop.
 
 A stage reads messages from its input socket, validates them (edge.wire), counts
 and skips malformed ones, and ends when it has seen end-of-stream from each of
 its upstreams (in-flight work is finished first) or when the supervisor that
 started it is gone (no orphans).
+
+A stage runs as its own process (``edge-run --stage-mode processes``) or as one thread of a
+process that runs several (``--stage-mode threads``, edge/stages/group.py). The code is the
+same; a threaded stage is given the process's shared ZeroMQ context (``inproc://`` hops work
+only within one context) and then owns only the sockets it opened on it.
 """
 from __future__ import annotations
 
 import logging
 import os
 import signal
+import threading
 import time
 
 import zmq
@@ -27,11 +33,19 @@ FLUSH_LINGER_MS = 60_000
 class Stage:
     name = "stage"
 
-    def __init__(self, cfg: PipelineConfig) -> None:
+    def __init__(self, cfg: PipelineConfig, ctx: zmq.Context | None = None, on_ready=None) -> None:
+        """``ctx``: the process's context, shared with the other stage threads (threads mode);
+        None: a context of this stage's own (one stage per process). ``on_ready``: called once
+        the stage reports itself ready (threads mode: the group releases capture on it)."""
         self.cfg = cfg
-        self.ctx = zmq.Context()
+        # A shadow is a second Python handle on the same libzmq context: inproc:// reaches the
+        # other stages, and its socket list is this stage's own, so close() leaves theirs alone.
+        self._own_ctx = ctx is None
+        self.ctx = zmq.Context() if ctx is None else zmq.Context.shadow(ctx)
+        self.on_ready = on_ready
         self.metrics = StageMetrics(self.name)
         self.stopping = False
+        self._inproc: set[zmq.Socket] = set()          # sockets connected over inproc:// (see end_stream)
         self._last_report = 0.0
         self._metrics_out = None
         self._authority: CurveAuthority | None = None
@@ -46,8 +60,8 @@ class Stage:
         """Before bind: a CURVE server admitting the allow-list, for tcp:// (or ``always``)."""
         if self.cfg.curve_secret and (always or addr.startswith("tcp://")):
             if self._authority is None:   # one ZAP handler per context, started before the first bind
-                self._authority = CurveAuthority(self.ctx, self.cfg.curve_allow, log,
-                                                 on_refused=lambda r: self.metrics.inc("curve_refused"))
+                self._authority = shared_authority(self.ctx, self.cfg.curve_allow,
+                                                   on_refused=lambda r: self.metrics.inc("curve_refused"))
             secure_server(sock, self.cfg.curve_secret, authority=self._authority)
             self._curve_servers.append(sock)
             # A plaintext client or one that expects another server key never reaches ZAP (the
@@ -63,6 +77,8 @@ class Stage:
         if self.cfg.curve_secret and addr.startswith("tcp://"):
             secure_client(sock, self.cfg.curve_secret, self.cfg.curve_server_key)
         sock.connect(addr)
+        if addr.startswith("inproc://"):
+            self._inproc.add(sock)
 
     def install_signal_handlers(self) -> None:
         """SIGTERM: finish in-flight work and stop. SIGINT is the supervisor's to handle (a
@@ -87,6 +103,8 @@ class Stage:
     def report(self, force: bool = False, **extra) -> None:
         """Send a metrics snapshot to the supervisor (at most every metrics_interval_s)."""
         self.count_handshake_failures()
+        if extra.get("ready") and self.on_ready is not None:
+            self.on_ready()
         now = time.monotonic()
         if self._metrics_out is None or (not force and now - self._last_report < self.cfg.metrics_interval_s):
             return
@@ -153,7 +171,14 @@ class Stage:
         a receiver whose queue is full (its high-water mark) stops reading the connection, and
         when the sender's side closes meanwhile libzmq may drop what was still in flight. The
         next stage closes its input only after it has seen end-of-stream, so its disconnect is
-        the acknowledgement. Bounded: FLUSH_LINGER_MS, and an orphan stops waiting at once."""
+        the acknowledgement. Bounded: FLUSH_LINGER_MS, and an orphan stops waiting at once.
+
+        Over inproc:// (stage threads of one process) a sent message is already in the receiver's
+        queue, which outlives the sender's socket, and libzmq reports no disconnects there: the
+        send is enough."""
+        if sock in self._inproc:
+            self.send_control(sock, {"kind": "eos", "stage": self.name})
+            return
         monitor = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
         try:
             if not self.send_control(sock, {"kind": "eos", "stage": self.name}):
@@ -184,8 +209,47 @@ class Stage:
             for sock in self._curve_servers:
                 if not sock.closed:
                     sock.close(linger=linger)
-            self._authority.close()   # its thread holds a socket of this context: before destroy
-        self.ctx.destroy(linger=0 if self.orphaned() else FLUSH_LINGER_MS)
+            release_authority(self._authority)   # its thread holds a socket of this context: before destroy
+            self._authority = None
+        linger = 0 if self.orphaned() else FLUSH_LINGER_MS
+        if self._own_ctx:
+            self.ctx.destroy(linger=linger)
+        else:   # the context is the process's: close this stage's sockets (libzmq still delivers what
+            # they queued, up to linger); the process terminates the context when every stage is done
+            for sock in list(getattr(self.ctx, "_sockets", None) or []):
+                if sock is not None and not sock.closed:
+                    sock.close(linger=linger)
+
+
+# One ZAP handler per libzmq context: stage threads that share a context share it, and it is
+# closed by the last of them, after every CURVE server socket on the context is closed.
+_authorities: dict[int, list] = {}   # context address -> [CurveAuthority, users]
+_authorities_lock = threading.Lock()
+
+
+def shared_authority(ctx: zmq.Context, allow_dir: str, on_refused) -> CurveAuthority:
+    """The context's CURVE authority, started by its first user. Refusals are counted by the
+    stage that started it (the run's summary adds every stage's ``curve_refused``)."""
+    with _authorities_lock:
+        entry = _authorities.get(ctx.underlying)
+        if entry is None:
+            # on a handle of its own: a stage closing its sockets must not close the authority's
+            entry = _authorities[ctx.underlying] = [
+                CurveAuthority(zmq.Context.shadow(ctx.underlying), allow_dir, log, on_refused=on_refused), 0]
+        entry[1] += 1
+        return entry[0]
+
+
+def release_authority(authority: CurveAuthority) -> None:
+    with _authorities_lock:
+        for key, entry in list(_authorities.items()):
+            if entry[0] is authority:
+                entry[1] -= 1
+                if entry[1] > 0:
+                    return
+                del _authorities[key]
+                break
+    authority.close()
 
 
 def decode_snapshot(header: dict) -> dict:

@@ -2,7 +2,9 @@
 
 Pixels go into a per-camera shared-memory ring (edge.frame_ring) and only the
 header crosses the socket; with ``frames_inline`` (preprocess on another host)
-the pixels travel as a second, zero-copy frame. Live cameras never wait: the
+the pixels travel as a second, zero-copy frame. Over ``inproc://`` (preprocess is a
+thread of this process, ``--stage-mode threads``) they travel inline too: the message
+hands preprocess a reference to the decoded frame itself, no copy at all. Live cameras never wait: the
 ring overwrites the oldest unread frame and a full socket refuses the newest,
 both counted as ``dropped`` for that camera. With ``no_drop`` the reader thread
 waits instead, which slows a file source down to the pipeline's pace.
@@ -39,6 +41,7 @@ from edge.view.cameras import serve_requests
 from edge.wire import MAX_MESSAGE_BYTES, make_socket, pack
 
 SEND_HWM = 16
+INPROC_SEND_HWM = 4         # inline frames over inproc: full frames queued, not headers (and see preprocess)
 RETIRED_RING_MAX_S = 60.0   # a retired ring whose frames were never released is closed after this
 RING_GROWTH = 1.5           # a ring that must grow grows by at least this factor: few rings for mixed sizes
 INLINE_HEADER_ROOM = 64 << 10   # a frame message's header and framing, beside the pixels
@@ -97,10 +100,13 @@ class BlindCameras:
 class CaptureStage(Stage):
     name = "capture"
 
-    def __init__(self, cfg: PipelineConfig) -> None:
-        super().__init__(cfg)
+    def __init__(self, cfg: PipelineConfig, ctx: zmq.Context | None = None, on_ready=None) -> None:
+        super().__init__(cfg, ctx, on_ready)
         self.specs = [parse_source(text, i) for i, text in enumerate(cfg.sources)]
-        self.out = make_socket(self.ctx, zmq.PUSH, hwm=SEND_HWM)
+        # inproc: the frame object itself is handed over (a reference); no ring, no size limit
+        self.inproc = cfg.frames_addr.startswith("inproc://")
+        self.inline = cfg.frames_inline or self.inproc
+        self.out = make_socket(self.ctx, zmq.PUSH, hwm=INPROC_SEND_HWM if self.inproc else SEND_HWM)
         self.connect(self.out, cfg.frames_addr)
         # One socket, one lock: ZeroMQ sockets are not thread-safe, and a single socket keeps
         # each camera's frames and the final end-of-stream in order.
@@ -210,8 +216,8 @@ class CaptureStage(Stage):
         roi = self.roi_of.get(camera)
         if roi is not None:   # the source's own ROI (--source NAME=SRC@x,y,w,h, or the camera API): preprocess crops it
             header["roi"] = roi
-        if self.cfg.frames_inline:
-            if frame.nbytes + INLINE_HEADER_ROOM > MAX_MESSAGE_BYTES:
+        if self.inline:
+            if not self.inproc and frame.nbytes + INLINE_HEADER_ROOM > MAX_MESSAGE_BYTES:
                 self.metrics.inc("untransportable", camera)
                 self.send_event(camera, "bad_frame", f"frame {seq} of {frame.shape[1]}x{frame.shape[0]} "
                                 f"({frame.nbytes} bytes) is too large to send inline (limit {MAX_MESSAGE_BYTES} "
@@ -234,7 +240,7 @@ class CaptureStage(Stage):
             self.metrics.inc("frames_out", camera)
         else:
             self.metrics.inc("dropped", camera)
-            if not self.cfg.frames_inline:   # nobody will read that slot: free it, so that
+            if not self.inline:   # nobody will read that slot: free it, so that
                 ring.release(slot, gen)      # overwriting it later is not counted a second time
 
     def on_event(self, camera: str, event: str, detail: str, part_id: str | None = None) -> None:
@@ -254,15 +260,18 @@ class CaptureStage(Stage):
             self.send_control(self.out, {"kind": "event", "camera": camera, "event": event, "detail": detail,
                                          "mono": time.monotonic(), "wall": time.time(), "part_id": part_id})
 
-    def wait_for_go(self, go) -> bool:
-        """edge-run starts capture while the engine loads; it reads nothing until released."""
-        while not go.wait(0.1):
-            if self.stopping or self.orphaned():
-                return False
+    def wait_for_go(self, *events) -> bool:
+        """edge-run starts capture while the engine loads; it reads nothing until released (every
+        event set: the supervisor's go, and in threads mode the other stage threads' readiness)."""
+        for go in events:
+            while not go.wait(0.1):
+                if self.stopping or self.orphaned():
+                    return False
         return True
 
-    def run(self, go=None) -> None:
-        if go is not None and not self.wait_for_go(go):
+    def run(self, go=None, ready=None) -> None:
+        events = [e for e in (go, ready) if e is not None]
+        if events and not self.wait_for_go(*events):
             self.close()
             return
         for r in self.readers:

@@ -26,6 +26,7 @@ from edge.stages.base import Stage, log
 from edge.wire import MessageError, field, make_socket, pack
 
 RECV_HWM = 64
+INPROC_RECV_HWM = 4   # inproc frames are whole frames (capture's INPROC_SEND_HWM); libzmq adds both HWMs
 SEND_HWM = 2
 
 
@@ -45,8 +46,8 @@ def source_roi(header: dict) -> tuple[int, int, int, int] | None:
 class PreprocessStage(Stage):
     name = "preprocess"
 
-    def __init__(self, cfg: PipelineConfig) -> None:
-        super().__init__(cfg)
+    def __init__(self, cfg: PipelineConfig, ctx: zmq.Context | None = None, on_ready=None) -> None:
+        super().__init__(cfg, ctx, on_ready)
         manifest = load_manifest(cfg.engine, verify_checksum=False)  # the score stage verifies the engine
         spec = manifest["input"]
         self.size, self.channels = int(spec["preprocess"]["size"]), int(spec["preprocess"]["channels"])
@@ -56,7 +57,8 @@ class PreprocessStage(Stage):
         self.rings: dict[str, FrameRing] = {}
         self.ring_of_camera: dict[str, str] = {}   # camera -> the ring path its latest frame came in
         self.warned_conversion: set[tuple[str, str]] = set()
-        self.inp = make_socket(self.ctx, zmq.PULL, hwm=RECV_HWM)
+        self.inp = make_socket(self.ctx, zmq.PULL,
+                               hwm=INPROC_RECV_HWM if cfg.frames_addr.startswith("inproc://") else RECV_HWM)
         self.bind(self.inp, cfg.frames_addr)
         self.out = make_socket(self.ctx, zmq.PUSH, hwm=SEND_HWM)
         self.connect(self.out, cfg.batches_addr)

@@ -30,8 +30,8 @@ SEND_HWM = 8
 class ScoreStage(Stage):
     name = "score"
 
-    def __init__(self, cfg: PipelineConfig) -> None:
-        super().__init__(cfg)
+    def __init__(self, cfg: PipelineConfig, ctx: zmq.Context | None = None, on_ready=None) -> None:
+        super().__init__(cfg, ctx, on_ready)
         self.backend = open_backend(cfg.engine)
         self.max_batch = min(int(cfg.max_batch or self.backend.max_batch), self.backend.max_batch)
         self.inp = make_socket(self.ctx, zmq.PULL, hwm=RECV_HWM)

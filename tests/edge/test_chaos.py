@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from edge.frame_ring import SHM_DIR
-from tests.edge.test_pipeline import IMAGES, ROOT, Run, free_port
+from tests.edge.test_pipeline import IMAGES, ROOT, Run, free_port, stage_mode  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -50,9 +50,9 @@ SIZES = [(222, 103), (403, 632), (60, 60), (300, 200), (640, 480), (120, 400), (
          (1024, 768), (222, 103), (403, 632), (50, 900), (1280, 720), (64, 64), (900, 50), (1600, 1200)]
 
 
-def test_mixed_frame_sizes_lose_no_verdict_and_unreadable_files_count_as_not_decidable(tmp_path):
+def test_mixed_frame_sizes_lose_no_verdict_and_unreadable_files_count_as_not_decidable(tmp_path, stage_mode):
     folder = mixed_folder(tmp_path, SIZES * 2, broken=2)
-    run = Run(tmp_path, "--source", f"cam0={folder}", "--no-drop", "--threshold", "1e9")
+    run = Run(tmp_path, "--source", f"cam0={folder}", "--no-drop", "--threshold", "1e9", mode=stage_mode)
     run.collect_until(lambda r: False, 0)
     summary = run.finish(timeout=90)
     frames = [a for a in run.alerts if a["frame_seq"] >= 0]
@@ -66,18 +66,21 @@ def test_mixed_frame_sizes_lose_no_verdict_and_unreadable_files_count_as_not_dec
     assert f"{len(SIZES) * 2 + 2} frames captured" in run.output and "2 not decidable" in run.output
 
 
-@pytest.mark.parametrize("stage", ["capture", "preprocess", "alert"])
-def test_kill_9_of_a_stage_keeps_the_frame_invariant(tmp_path, stage):
+@pytest.mark.parametrize("mode,stage", [("processes", "capture"), ("processes", "preprocess"),
+                                        ("processes", "alert"), ("threads", "alert")])
+def test_kill_9_of_a_stage_keeps_the_frame_invariant(tmp_path, mode, stage):
     """SIGKILL (an OOM kill) of one stage mid-run: it is restarted, and every captured frame is
     still judged, not decidable, dropped, or counted as lost inside the dead stage; never a
-    negative remainder (the dead capture stage's last report lags what it sent)."""
-    from tests.edge.test_supervision import stage_pid
-    run = Run(tmp_path, "--source", str(IMAGES), "--loop", "--fps", "25", "--threshold", "1e9", "--duration", "9")
+    negative remainder (the dead capture stage's last report lags what it sent). In threads
+    mode the kill takes the one process of every stage: one case stands for all."""
+    from tests.edge.test_supervision import restarted_unit, stage_pid
+    run = Run(tmp_path, "--source", str(IMAGES), "--loop", "--fps", "25", "--threshold", "1e9", "--duration", "9",
+              mode=mode)
     run.collect_until(lambda r: len(r.alerts) >= 25, 40)
     killed = stage_pid(run, stage)
     os.kill(killed, signal.SIGKILL)
     summary = run.finish(timeout=90)
-    assert summary["restarts"] == {stage: 1}, run.tail()
+    assert summary["restarts"] == {restarted_unit(mode, stage): 1}, run.tail()
     assert_frames_balance(summary)
     c = summary["cameras"]["cam0"]
     assert c["judged"] > 25 and c["lost_in_restarts"] <= 64, c     # at most a stage's queue and one batch
@@ -117,9 +120,9 @@ def closed_port() -> int:
         return s.getsockname()[1]
 
 
-def test_a_camera_that_never_opens_is_a_notdecidable_alert_at_start(tmp_path):
+def test_a_camera_that_never_opens_is_a_notdecidable_alert_at_start(tmp_path, stage_mode):
     run = Run(tmp_path, "--source", f"dead=rtsp://127.0.0.1:{closed_port()}/stream", "--threshold", "1e9",
-              "--duration", "4")
+              "--duration", "4", mode=stage_mode)
     t0 = time.monotonic()
     run.collect_until(lambda r: any(a["verdict"] == "NotDecidable" for a in r.alerts), 20)
     took = time.monotonic() - t0
@@ -159,8 +162,9 @@ def test_a_non_finite_threshold_is_refused_at_start_never_every_part_ok(tmp_path
     assert "Traceback" not in r.stderr and "frames judged" not in r.stdout
 
 
-@pytest.mark.parametrize("inline", [True, False], ids=["inline", "shared-memory"])
-def test_an_oversized_frame_is_a_counted_notdecidable_or_judged_never_nothing(tmp_path, inline):
+@pytest.mark.parametrize("inline,mode", [(True, "processes"), (False, "processes"), (False, "threads")],
+                         ids=["inline", "shared-memory", "threads-inproc"])
+def test_an_oversized_frame_is_a_counted_notdecidable_or_judged_never_nothing(tmp_path, inline, mode):
     folder = tmp_path / "big"
     folder.mkdir()
     cells = sorted(IMAGES.iterdir())
@@ -168,7 +172,7 @@ def test_an_oversized_frame_is_a_counted_notdecidable_or_judged_never_nothing(tm
         cv2.imwrite(str(folder / f"{i}.png"), cv2.imread(str(cells[i]), cv2.IMREAD_UNCHANGED))
     cv2.imwrite(str(folder / "1.png"), np.full((8200, 8200), 128, np.uint8))   # 67.2 MB > the 64 MiB message limit
     run = Run(tmp_path, "--source", f"cam0={folder}", "--no-drop", "--threshold", "1e9",
-              *(["--frames-inline"] if inline else []))
+              *(["--frames-inline"] if inline else []), mode=mode)
     summary = run.finish(timeout=90)
     c = summary["cameras"]["cam0"]
     assert c["captured"] == 3, c
@@ -176,7 +180,7 @@ def test_an_oversized_frame_is_a_counted_notdecidable_or_judged_never_nothing(tm
         assert (c["judged"], c["not_decidable"]) == (2, 1), c
         nd = [a for a in run.alerts if a["verdict"] == "NotDecidable"]
         assert len(nd) == 1 and "too large to send inline" in nd[0]["reason"], nd
-    else:        # shared memory takes any size
+    else:        # shared memory (and a frame handed to a thread over inproc://) takes any size
         assert (c["judged"], c["not_decidable"]) == (3, 0), c
     assert_frames_balance(summary)
 

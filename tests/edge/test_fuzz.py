@@ -1,7 +1,8 @@
 """Fuzz every stage socket of a running edge-run with >= 10,000 bad messages: no crash, each counted.
 
 Real processes and sockets on loopback. The pipeline is held (--wait-subscribers) while the
-fuzz runs, then released: every real frame must still get its verdict.
+fuzz runs, then released: every real frame must still get its verdict. Both stage modes
+(processes, and threads of one process: there the fuzzed hops are the tcp:// ones given).
 """
 import time
 
@@ -12,7 +13,7 @@ import zmq
 
 from edge.alerts_cli import AlertSubscriber
 from edge.wire import MAX_MESSAGE_BYTES, WIRE_VERSION, pack
-from tests.edge.test_pipeline import IMAGES, Run, free_port
+from tests.edge.test_pipeline import IMAGES, Run, free_port, stage_mode  # noqa: F401 (fixture)
 
 N_PER_SOCKET = 3400          # x 3 sockets > 10,000
 
@@ -45,11 +46,11 @@ def bad_messages(rng: np.random.Generator, n: int, stage: str) -> list[list[byte
     return [makers[i % len(makers)]() for i in range(n)]
 
 
-def test_ten_thousand_bad_messages_crash_nothing_and_are_all_counted(tmp_path):
+def test_ten_thousand_bad_messages_crash_nothing_and_are_all_counted(tmp_path, stage_mode):
     ports = {hop: free_port() for hop in ("frames", "batches", "scored")}
     # held until a subscriber joins (at most 10 s): the fuzz runs while every stage is up and idle
     run = Run(tmp_path, "--source", str(IMAGES), "--no-drop", "--threshold", "1e9", "--wait-subscribers", "1",
-              *[f"--{hop}-addr=tcp://127.0.0.1:{p}" for hop, p in ports.items()], subscribe=False)
+              *[f"--{hop}-addr=tcp://127.0.0.1:{p}" for hop, p in ports.items()], subscribe=False, mode=stage_mode)
     ctx = zmq.Context()
     rng = np.random.default_rng(7)
     sent = {}
@@ -84,10 +85,11 @@ def test_ten_thousand_bad_messages_crash_nothing_and_are_all_counted(tmp_path):
     assert sum(1 for a in run.alerts if a["camera"] == "cam0") == 50
 
 
-@pytest.mark.parametrize("garbage", [b"", b"\x02junk", b"\x01" + b"s" * 5000])
-def test_alert_socket_survives_bad_subscription_frames(tmp_path, garbage):
+@pytest.mark.parametrize("garbage,mode", [(b"", "processes"), (b"\x02junk", "processes"),
+                                          (b"\x01" + b"s" * 5000, "processes"), (b"\x02junk", "threads")])
+def test_alert_socket_survives_bad_subscription_frames(tmp_path, garbage, mode):
     run = Run(tmp_path, "--source", str(IMAGES), "--no-drop", "--threshold", "1e9", "--wait-subscribers", "1",
-              subscribe=False)
+              subscribe=False, mode=mode)
     ctx = zmq.Context()
     try:
         x = ctx.socket(zmq.XSUB)

@@ -3,7 +3,8 @@
 Each run is the real CLI in a subprocess; alerts are read with the reference
 subscriber (edge.alerts_cli.AlertSubscriber). Expected verdicts come from the bare
 backend on the same images, so the test checks that the pipeline adds nothing
-and loses nothing.
+and loses nothing. Tests that take ``stage_mode`` run twice: stages as processes
+(the default) and as threads of one process joined by inproc:// (--stage-mode threads).
 """
 import json
 import os
@@ -34,6 +35,15 @@ ENGINE = ROOT / "edge" / "bundled" / "model.onnx"
 IMAGES = ROOT / "trainer" / "sample_data" / "elpv_mini" / "images"
 
 
+STAGE_MODES = ["processes", "threads"]
+
+
+@pytest.fixture(params=STAGE_MODES)
+def stage_mode(request) -> str:
+    """edge-run's --stage-mode: every test that takes it runs in both."""
+    return request.param
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -57,14 +67,15 @@ def reference():
 class Run:
     """edge-run in a subprocess plus a subscriber that collects every alert it publishes."""
 
-    def __init__(self, tmp_path: Path, *args: str, subscribe: bool = True):
+    def __init__(self, tmp_path: Path, *args: str, subscribe: bool = True, mode: str = "processes"):
+        self.mode = mode
         self.alerts_addr = f"tcp://127.0.0.1:{free_port()}"
         self.summary_path = tmp_path / f"summary-{time.monotonic_ns()}.json"
         cmd = [sys.executable, "-m", "edge.run", "--insecure", "--engine", str(ENGINE), "--alerts-addr", self.alerts_addr,
                "--summary-json", str(self.summary_path), "--print-every", "1",
                "--journal", str(tmp_path / f"journal-{time.monotonic_ns()}.sqlite"),
                # its own free port: the default (alerts port + 1) may be another test's free port
-               "--replay-addr", f"tcp://127.0.0.1:{free_port()}", *args]
+               "--replay-addr", f"tcp://127.0.0.1:{free_port()}", "--stage-mode", mode, *args]
         if subscribe:
             cmd += ["--wait-subscribers", "1"]
         self.log = tmp_path / f"edge-run-{time.monotonic_ns()}.log"
@@ -106,9 +117,9 @@ def verdicts_by_seq(alerts, camera="cam0"):
     return {a["frame_seq"]: a["verdict"] for a in alerts if a["camera"] == camera and a["frame_seq"] >= 0}
 
 
-def test_every_frame_gets_the_bare_backends_verdict_and_none_is_lost(tmp_path, reference):
+def test_every_frame_gets_the_bare_backends_verdict_and_none_is_lost(tmp_path, reference, stage_mode):
     run = Run(tmp_path, "--source", str(IMAGES), "--no-drop", "--threshold", str(reference["threshold"]),
-              "--thumbnails", "defects")
+              "--thumbnails", "defects", mode=stage_mode)
     summary = run.finish()
     expected = {i: "NotOK" if s > reference["threshold"] else "OK" for i, s in enumerate(reference["scores"])}
     assert verdicts_by_seq(run.alerts) == expected
@@ -122,17 +133,19 @@ def test_every_frame_gets_the_bare_backends_verdict_and_none_is_lost(tmp_path, r
     assert summary["frames_captured"] == summary["frames_judged"] == len(expected)
     assert summary["dropped"] == {} and summary["malformed"] == {}
     assert summary["latency_ms_p99"] > 0 and "frames judged" in run.output
+    assert summary["stage_mode"] == stage_mode
+    assert len(set(summary["stage_pids"].values())) == (4 if stage_mode == "processes" else 1)
     assert not list(SHM_DIR.glob(f"edge-inspect-{summary['stage_pids']['capture']}-*")), "frame rings left behind"
 
 
-def test_two_cameras_at_once_each_get_their_own_verdicts(tmp_path, reference):
+def test_two_cameras_at_once_each_get_their_own_verdicts(tmp_path, reference, stage_mode):
     picks = {"left": [0, 3, 5, 7, 11, 13], "right": [20, 22, 24, 40, 41]}
     for cam, idx in picks.items():
         (tmp_path / cam).mkdir()
         for j, i in enumerate(idx):
             shutil.copy(reference["files"][i], tmp_path / cam / f"{j:03d}.png")
     run = Run(tmp_path, "--source", f"left={tmp_path / 'left'}", "--source", f"right={tmp_path / 'right'}",
-              "--no-drop", "--threshold", str(reference["threshold"]), "--max-batch", "4")
+              "--no-drop", "--threshold", str(reference["threshold"]), "--max-batch", "4", mode=stage_mode)
     summary = run.finish()
     for cam, idx in picks.items():
         expected = {j: "NotOK" if reference["scores"][i] > reference["threshold"] else "OK" for j, i in enumerate(idx)}
@@ -140,11 +153,11 @@ def test_two_cameras_at_once_each_get_their_own_verdicts(tmp_path, reference):
     assert summary["frames_judged"] == 11
 
 
-def test_malformed_messages_into_every_stage_are_counted_and_the_run_goes_on(tmp_path, reference):
+def test_malformed_messages_into_every_stage_are_counted_and_the_run_goes_on(tmp_path, reference, stage_mode):
     ports = {hop: free_port() for hop in ("frames", "batches", "scored")}
     args = [f"--{hop}-addr=tcp://127.0.0.1:{p}" for hop, p in ports.items()]
     run = Run(tmp_path, "--source", str(IMAGES), "--no-drop", "--threshold", str(reference["threshold"]), *args,
-              "--wait-subscribers", "1", subscribe=False)   # held until we listen: the garbage lands first
+              "--wait-subscribers", "1", subscribe=False, mode=stage_mode)   # held until we listen: garbage first
     ctx = zmq.Context()
     bad = [
         [b"\x00garbage"],
@@ -177,11 +190,11 @@ def test_malformed_messages_into_every_stage_are_counted_and_the_run_goes_on(tmp
     assert summary["frames_judged"] == summary["frames_captured"] == len(reference["files"])
 
 
-def test_a_live_camera_that_dies_is_reported_blind_and_reconnected(tmp_path):
+def test_a_live_camera_that_dies_is_reported_blind_and_reconnected(tmp_path, stage_mode):
     cam = MjpegCamera()
     port = cam.port
     run = Run(tmp_path, "--source", f"line={cam.url}", "--stall-timeout", "1", "--threshold", "1e9",
-              "--duration", "25")
+              "--duration", "25", mode=stage_mode)
     try:
         run.collect_until(lambda r: len(r.alerts) >= 20, 30)
         assert len(run.alerts) >= 20, f"no frames from the live camera:\n{run.tail()}"
@@ -199,6 +212,17 @@ def test_a_live_camera_that_dies_is_reported_blind_and_reconnected(tmp_path):
         cam.stop()
 
 
+def _threads(pid: int) -> set[str]:
+    """The names of a process's threads (/proc/PID/task/TID/comm)."""
+    names = set()
+    for comm in Path(f"/proc/{pid}/task").glob("*/comm"):
+        try:
+            names.add(comm.read_text().strip())
+        except OSError:
+            pass
+    return names
+
+
 def _children(pid: int) -> list[int]:
     out = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
@@ -211,12 +235,17 @@ def _children(pid: int) -> list[int]:
     return out
 
 
-def test_sigterm_finishes_frames_in_flight_and_leaves_nothing_behind(tmp_path, reference):
+def test_sigterm_finishes_frames_in_flight_and_leaves_nothing_behind(tmp_path, reference, stage_mode):
     run = Run(tmp_path, "--source", str(IMAGES), "--loop", "--no-drop", "--fps", "40",
-              "--threshold", str(reference["threshold"]))
+              "--threshold", str(reference["threshold"]), mode=stage_mode)
     run.collect_until(lambda r: len(r.alerts) >= 60, 60)
     children = _children(run.proc.pid)
-    assert len(children) >= 4, "the four stage processes"
+    if stage_mode == "processes":
+        assert len(children) >= 4, "the four stage processes"
+    else:   # one stage process (beside multiprocessing's resource tracker), a named thread per stage
+        stages = [c for c in children if Path(f"/proc/{c}/comm").read_text().startswith("edge-")]
+        assert len(stages) == 1 and {f"edge-{s}" for s in ("capture", "preprocess", "score", "alert")} <= \
+            _threads(stages[0]), [_threads(c) for c in children]
     os.kill(run.proc.pid, signal.SIGTERM)
     t0 = time.monotonic()
     summary = run.finish(timeout=30)
