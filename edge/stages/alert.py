@@ -195,7 +195,8 @@ class AlertStage(Stage):
             frames = encode_alert(alert)
         entry = JournalEntry(self.alert_seq, alert["published_wall"], camera, verdict, frames[1])
         self._outbox.append((entry, frames, camera))   # journaled, then sent, by flush()
-        if self.preview is not None and (verdict != "OK" or view_jpeg is not None):
+        if self.preview is not None and (view_jpeg is not None or frame_seq < 0 or (
+                verdict == "NotDecidable" and item is None and self.preview.wants(camera, verdict))):
             self.preview.send("frame" if verdict == "OK" else "alert", alert, view_jpeg, item)
 
     def flush(self) -> None:
@@ -249,8 +250,8 @@ class AlertStage(Stage):
         high = 2 * float(rules.pixel_threshold or heatmap.max() or 1.0)
         thumb = heat_thumbnail(pixels, heatmap, high) \
             if want_thumb and (self.cfg.publish == "all" or verdict != "OK") else None
-        view_jpeg = None   # the operator's screen: this camera's newest frame, rate-limited; every reject
-        if self.preview is not None and (self.preview.due(camera) or (verdict == "NotOK" and self.preview.active)):
+        view_jpeg = None   # the operator's screen: this camera's newest frame and its rejects, rate-limited
+        if self.preview is not None and self.preview.wants(camera, verdict):
             view_jpeg = thumb if thumb is not None else heat_thumbnail(pixels, heatmap, high)
         self.publish(camera, item["seq"], item["mono"], item["wall"], verdict, rules, score=score,
                      regions=regions, thumbnail=thumb, part_id=item.get("part_id"), view_jpeg=view_jpeg, item=item)

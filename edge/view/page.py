@@ -80,7 +80,7 @@ dialog button{font-size:16px;padding:4px 14px;float:right}
 <span id="clock"></span><span id="conn">connecting&hellip;</span></header>
 <div id="lost">NO DATA FROM THE NODE: this screen is not live</div>
 <main id="tiles"></main>
-<footer><h2>Last rejects (NotOK) &mdash; click to open</h2><div id="strip"><span class="none">none yet</span></div></footer>
+<footer><h2>Last rejects (NotOK) &mdash; click to open <span id="skipped"></span></h2><div id="strip"><span class="none">none yet</span></div></footer>
 <dialog id="big"><button id="close">close</button><div id="bigtext"></div><div class="pic" id="bigpic"></div></dialog>
 <script>
 "use strict";
@@ -159,6 +159,7 @@ function render(doc) {
   for (const [id, t] of tiles) if (!ids.has(id)) { t.remove(); tiles.delete(id); }
   doc.cameras.forEach(renderTile);
   renderRejects(doc.rejects || []);
+  $("#skipped").textContent = doc.rejects_skipped ? "· " + doc.rejects_skipped + " more not shown (over 5 a second per camera; the counters have every one)" : "";
   first = false;
 }
 $("#close").addEventListener("click", () => $("#big").close());

@@ -8,8 +8,12 @@ folder: the view lives in the supervisor on the same host). Two frames per messa
 
 ``frame``: the newest judged frame of a camera, with its heatmap thumbnail (the alert's JPEG when the
 alert carries one, else encoded here), sent at most ``fps`` times a second per camera.
-``alert``: every NotOK and NotDecidable alert (the reject strip, the camera-blind state), with the
-alert's own fields (alert_seq, part_id, published_wall) so the screen shows what the PLC got.
+``alert``: NotOK and NotDecidable verdicts (the reject strip), at most REJECTS_PER_S per camera a
+second with a burst of as many (a reject storm must not make the view cost more: the operator cannot
+follow more anyway, and the counters come from the metrics, exact); those left out are counted
+(``rejects_skipped``, cumulative per camera, in every record). Camera alerts ("camera blind",
+frame_seq -1) always go. Each carries the alert's own fields (alert_seq, part_id, published_wall)
+so the screen shows what the PLC got.
 
 What it costs the line (docs/view.md, bench/view_bench.py): nothing while no view has subscribed
 (the XPUB tells; no JPEG is encoded for nobody); with a view, one JPEG of the model-size overlay
@@ -27,16 +31,17 @@ import zmq
 PREVIEW_VERSION = 1
 SEND_HWM = 64                 # records queued for a slow view before the XPUB drops (a view wants the newest)
 SUBSCRIPTION_POLL_S = 0.2     # how often the stage looks for a view joining or leaving
+REJECTS_PER_S = 5.0           # NotOK / NotDecidable frames sent to the view per camera per second (and burst)
 
 
-def record(kind: str, alert: dict, jpeg: bytes | None, item: dict | None) -> dict:
+def record(kind: str, alert: dict, jpeg: bytes | None, item: dict | None, skipped: int = 0) -> dict:
     """The body of one preview record: the alert's fields (alert_seq None for an OK verdict that
     ``--publish defects`` does not publish), the thumbnail, and where the model's input came from in
     the camera frame (``roi`` [x, y, w, h] and ``frame_shape`` [h, w]) so regions can be drawn on it."""
     out = {k: alert.get(k) for k in ("camera", "frame_seq", "alert_seq", "capture_wall", "published_wall",
                                      "latency_ms", "verdict", "score", "normalised_score", "threshold",
                                      "model_version", "regions", "reason", "part_id", "node")}
-    out.update(v=PREVIEW_VERSION, kind=kind, jpeg=jpeg,
+    out.update(v=PREVIEW_VERSION, kind=kind, jpeg=jpeg, rejects_skipped=int(skipped),
                roi=list(item["roi"]) if item and item.get("roi") else None,
                frame_shape=list(item["frame_shape"]) if item and item.get("frame_shape") else None)
     return out
@@ -58,6 +63,8 @@ class PreviewFeed:
         self.subscribers = 0
         self._next_poll = 0.0
         self._last: dict[str, float] = {}
+        self._bucket: dict[str, tuple[float, float]] = {}   # camera -> (tokens, when)
+        self.skipped: dict[str, int] = {}
         self.sent = self.dropped = 0
 
     @property
@@ -87,10 +94,31 @@ class PreviewFeed:
         self._last[camera] = now
         return True
 
+    def wants(self, camera: str, verdict: str) -> bool:
+        """Whether this judged frame goes to the view: an OK one when the camera's picture is due; a NotOK or
+        NotDecidable one within REJECTS_PER_S (else counted as skipped), or when the picture is due anyway."""
+        if not self.active:
+            return False
+        if verdict == "OK":
+            return self.due(camera)
+        now = self.clock()
+        tokens, when = self._bucket.get(camera, (REJECTS_PER_S, now))
+        tokens = min(REJECTS_PER_S, tokens + (now - when) * REJECTS_PER_S)
+        if tokens >= 1.0:
+            self._bucket[camera] = (tokens - 1.0, now)
+            self._last[camera] = now   # it is the camera's newest picture too
+            return True
+        self._bucket[camera] = (tokens, now)
+        if self.due(camera):
+            return True
+        self.skipped[camera] = self.skipped.get(camera, 0) + 1
+        return False
+
     def send(self, kind: str, alert: dict, jpeg: bytes | None, item: dict | None) -> None:
         if not self.active:
             return
-        body = msgpack.packb(record(kind, alert, jpeg, item), use_bin_type=True)
+        body = msgpack.packb(record(kind, alert, jpeg, item, self.skipped.get(alert["camera"], 0)),
+                             use_bin_type=True)
         try:
             self.sock.send_multipart([f"{kind}/{alert['camera']}".encode(), body], flags=zmq.NOBLOCK)
             self.sent += 1

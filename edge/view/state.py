@@ -72,6 +72,7 @@ class ViewState:
         self._image_seq = 0
         self._reject_key = 0
         self._payload: tuple[int, bytes] = (-1, b"")
+        self.rejects_skipped: dict[str, int] = {}   # camera -> NotOK / NotDecidable frames the preview left out
         self.records = self.malformed = 0
 
     # -- inputs (the feed thread) --------------------------------------------------------------------
@@ -83,6 +84,7 @@ class ViewState:
         camera, now = rec["camera"], self.clock()
         with self.cond:
             self.records += 1
+            self.rejects_skipped[camera] = int(rec.get("rejects_skipped") or 0)
             if rec.get("frame_seq", -1) >= 0:
                 tile = self.frames.setdefault(camera, {})
                 tile.update({k: rec.get(k) for k in ("verdict", "score", "threshold", "normalised_score",
@@ -170,7 +172,7 @@ class ViewState:
                               **self.metrics.get(cid, {"counts": {"OK": 0, "NotOK": 0, "NotDecidable": 0},
                                                        "fps": None, "p99_ms": None, "dropped": 0})})
             doc = {"version": version, "node": self.node, "time": time.time(), "cameras": tiles,
-                   "rejects": list(reversed(self.rejects))}
+                   "rejects": list(reversed(self.rejects)), "rejects_skipped": sum(self.rejects_skipped.values())}
             self._payload = (version, json.dumps(doc, separators=(",", ":"), allow_nan=False).encode())
             return self._payload
 

@@ -54,10 +54,16 @@ def test_the_preview_costs_nothing_unwatched_and_is_rate_limited_per_camera(tmp_
         assert not feed.due("top")
         clock.t += 0.02
         assert feed.due("top")
+        # a reject storm: 5 go at once (the burst), then 5 a second; the rest are counted, not sent
+        storm = [feed.wants("side", "NotOK") for _ in range(20)]
+        assert storm.count(True) == 5 and feed.skipped["side"] == 15
+        clock.t += 0.2
+        assert feed.wants("side", "NotOK") and not feed.wants("side", "NotOK")
         feed.send("frame", alert(verdict="OK"), b"\xff\xd8jpeg", {"roi": (1, 2, 3, 4), "frame_shape": [10, 20]})
         assert sub.poll(5000)
         rec = decode_record(sub.recv_multipart())
         assert rec["kind"] == "frame" and rec["jpeg"] == b"\xff\xd8jpeg" and rec["roi"] == [1, 2, 3, 4]
+        assert rec["rejects_skipped"] == 0        # top's count; side's 16 travel with side's records
         with pytest.raises(ValueError):
             decode_record([b"frame/top", b"\x91\x01"])
         sub.close(0)
