@@ -7,8 +7,8 @@ Four ways to move a full-size camera frame, measured in the same run, interleave
 * ``inline``    the project's wire for stages on different hosts (``edge-run --frames-inline``):
                 ``edge.wire.pack(header, frame)`` sent with ``copy=False`` on a PUSH socket, received
                 on a PULL socket with ``copy=False`` and validated by ``edge.wire.unpack``, over
-                tcp://127.0.0.1, with the capture -> preprocess socket settings (edge.wire.make_socket,
-                send HWM 16, receive HWM 64).
+                tcp://127.0.0.1, with the capture -> preprocess socket settings for inline frames
+                (edge.wire.make_socket, capture's INLINE_SEND_HWM, preprocess's INLINE_RECV_HWM).
 * ``ring``      the project's same-host path (what capture -> preprocess does): the writer copies the
                 frame into an ``edge.frame_ring.FrameRing`` slot (8 slots, no-drop: it waits for a
                 free slot), sends only the msgpack header over ipc:// PUSH/PULL; the reader unpacks
@@ -88,6 +88,7 @@ def _sender(mode: str, addr: str, total: int, ready, result) -> None:
 
     from edge.buffers import keep_freed_buffers
     from edge.frame_ring import FrameRing
+    from edge.stages.capture import INLINE_SEND_HWM, SEND_HWM
     from edge.wire import make_socket, pack
     if mode != "imagezmq":
         keep_freed_buffers()   # as every edge-run stage process does (edge/run.py)
@@ -102,7 +103,7 @@ def _sender(mode: str, addr: str, total: int, ready, result) -> None:
         sender.close()
     elif mode == "inline":
         ctx = zmq.Context()
-        out = make_socket(ctx, zmq.PUSH, hwm=16)          # capture's SEND_HWM
+        out = make_socket(ctx, zmq.PUSH, hwm=INLINE_SEND_HWM)   # capture's, for inline frames
         out.connect(addr)
         for i in range(total):
             header = {"kind": "frame", "camera": "cam0", "seq": i, "mono": time.monotonic(), "wall": time.time(),
@@ -112,7 +113,7 @@ def _sender(mode: str, addr: str, total: int, ready, result) -> None:
         ctx.term()
     else:  # ring-view / ring-copy: the writer's side is the same
         ctx = zmq.Context()
-        out = make_socket(ctx, zmq.PUSH, hwm=16)
+        out = make_socket(ctx, zmq.PUSH, hwm=SEND_HWM)          # capture's, for ring headers
         out.connect(addr)
         ring = FrameRing.create("bench", RING_SLOTS, FRAME_BYTES)
         for i in range(total):
@@ -137,6 +138,7 @@ def _receiver(mode: str, addr: str, warmup: int, frames: int, ready, result) -> 
 
     from edge.buffers import keep_freed_buffers
     from edge.frame_ring import FrameRing
+    from edge.stages.preprocess import INLINE_RECV_HWM, RECV_HWM
     from edge.wire import make_socket, unpack
     if mode != "imagezmq":
         keep_freed_buffers()   # as every edge-run stage process does (edge/run.py)
@@ -158,7 +160,7 @@ def _receiver(mode: str, addr: str, warmup: int, frames: int, ready, result) -> 
         hub.close()
     else:
         ctx = zmq.Context()
-        inp = make_socket(ctx, zmq.PULL, hwm=64)           # preprocess's RECV_HWM
+        inp = make_socket(ctx, zmq.PULL, hwm=INLINE_RECV_HWM if mode == "inline" else RECV_HWM)   # preprocess's
         inp.bind(addr)
         ready.set()
         ring = None

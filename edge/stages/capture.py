@@ -40,8 +40,11 @@ from edge.stages.base import Stage, log
 from edge.view.cameras import serve_requests
 from edge.wire import MAX_MESSAGE_BYTES, make_socket, pack
 
-SEND_HWM = 16
-INPROC_SEND_HWM = 4         # inline frames over inproc: full frames queued, not headers (and see preprocess)
+SEND_HWM = 16               # ring headers: a few hundred bytes each
+# Inline frames (tcp:// to another host, inproc:// to a stage thread) queue whole frames: 16 of 1080p would be
+# 100 MB and half a second of stale frames at 30 frames/s. Measured over TCP loopback (1920x1080x3, loaded
+# machine, bench/transport_bench.py): 4 frames queued on each side ran as fast as 16 + 64 (within the noise).
+INLINE_SEND_HWM = 4
 RETIRED_RING_MAX_S = 60.0   # a retired ring whose frames were never released is closed after this
 RING_GROWTH = 1.5           # a ring that must grow grows by at least this factor: few rings for mixed sizes
 INLINE_HEADER_ROOM = 64 << 10   # a frame message's header and framing, beside the pixels
@@ -106,7 +109,7 @@ class CaptureStage(Stage):
         # inproc: the frame object itself is handed over (a reference); no ring, no size limit
         self.inproc = cfg.frames_addr.startswith("inproc://")
         self.inline = cfg.frames_inline or self.inproc
-        self.out = make_socket(self.ctx, zmq.PUSH, hwm=INPROC_SEND_HWM if self.inproc else SEND_HWM)
+        self.out = make_socket(self.ctx, zmq.PUSH, hwm=INLINE_SEND_HWM if self.inline else SEND_HWM)
         self.connect(self.out, cfg.frames_addr)
         # One socket, one lock: ZeroMQ sockets are not thread-safe, and a single socket keeps
         # each camera's frames and the final end-of-stream in order.

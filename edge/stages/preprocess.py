@@ -25,8 +25,10 @@ from edge.preprocess import PreprocessError, frame_to_model_pixels
 from edge.stages.base import Stage, log
 from edge.wire import MessageError, field, make_socket, pack
 
-RECV_HWM = 64
-INPROC_RECV_HWM = 4   # inproc frames are whole frames (capture's INPROC_SEND_HWM); libzmq adds both HWMs
+RECV_HWM = 64          # ring headers (ipc://: capture on this host)
+# Over tcp:// (capture on another host, --frames-inline) and inproc:// (threads mode) frames come inline: a
+# queue of whole frames (edge/stages/capture.py INLINE_SEND_HWM; over inproc libzmq adds both sides' HWMs).
+INLINE_RECV_HWM = 4
 SEND_HWM = 2
 
 
@@ -57,8 +59,8 @@ class PreprocessStage(Stage):
         self.rings: dict[str, FrameRing] = {}
         self.ring_of_camera: dict[str, str] = {}   # camera -> the ring path its latest frame came in
         self.warned_conversion: set[tuple[str, str]] = set()
-        self.inp = make_socket(self.ctx, zmq.PULL,
-                               hwm=INPROC_RECV_HWM if cfg.frames_addr.startswith("inproc://") else RECV_HWM)
+        self.inp = make_socket(self.ctx, zmq.PULL, hwm=INLINE_RECV_HWM
+                               if cfg.frames_addr.startswith(("inproc://", "tcp://")) else RECV_HWM)
         self.bind(self.inp, cfg.frames_addr)
         self.out = make_socket(self.ctx, zmq.PUSH, hwm=SEND_HWM)
         self.connect(self.out, cfg.batches_addr)
