@@ -17,6 +17,11 @@ Four ways to move a full-size camera frame, measured in the same run, interleave
                 (the resize reads them straight from shared memory); ``ring-copy`` copies the frame
                 out into private memory before releasing it (a full crossing, comparable to a socket
                 that hands over a private buffer).
+* ``inproc``    the same-host hop of ``edge-run --stage-mode threads``: capture and preprocess are threads
+                of one process, the frame message (``edge.wire.pack(header, frame)``) goes over
+                inproc:// PUSH/PULL with ``copy=False`` (the stages' inline HWMs) and the reader
+                validates it (``edge.wire.unpack``) and reads its stamp: the frame is handed over by
+                reference, never copied, so this row is the hop's own cost, not a copy's.
 * ``memcpy``    one process copying the frame into a preallocated array (``np.copyto``): the ceiling.
 
 Sender and receiver are separate processes (spawned), as in production. Each frame carries its
@@ -50,12 +55,14 @@ SHAPE = (1080, 1920, 3)
 FRAME_BYTES = int(np.prod(SHAPE))
 POOL = 24            # distinct frames the sender cycles through (> send HWM + frames in flight)
 RING_SLOTS = 8       # edge.config.PipelineConfig.ring_slots default
-MODES = ("imagezmq", "inline", "ring-view", "ring-copy", "memcpy", "memcpy-cold")
+MODES = ("imagezmq", "inline", "ring-view", "ring-copy", "inproc", "memcpy", "memcpy-cold")
 MODE_LABELS = {
     "imagezmq": "imagezmq ImageSender/ImageHub, REQ/REP, tcp://127.0.0.1",
     "inline": "edge.wire.pack + PUSH/PULL copy=False, tcp://127.0.0.1 (--frames-inline)",
     "ring-view": "FrameRing write + header over ipc:// PUSH/PULL, reader view + release (capture -> preprocess)",
     "ring-copy": "FrameRing write + header over ipc:// PUSH/PULL, reader copies the frame out + release",
+    "inproc": "edge.wire.pack + PUSH/PULL copy=False over inproc://, two threads of one process "
+              "(--stage-mode threads: the frame is handed over, not copied)",
     "memcpy": "np.copyto of the frame, one process, 4 source frames into 1 buffer (mostly in the 32 MB L3 cache)",
     "memcpy-cold": f"np.copyto, one process, the senders' {POOL} source frames into {RING_SLOTS} buffers (the ring's "
                    "memory traffic: the ceiling for one copy per frame)",
@@ -210,10 +217,47 @@ def measure_memcpy(frames: int, warmup: int, sources: int = 4, targets: int = 1)
             "bad_frames": int(stamp(dst[(frames - 1) % targets]) != (frames - 1) % sources)}
 
 
+def measure_inproc(frames: int, warmup: int) -> dict:
+    """Sender and receiver as two threads of this process over inproc:// (threads mode's frames hop)."""
+    import threading
+
+    import zmq
+
+    from edge.stages.capture import INLINE_SEND_HWM
+    from edge.stages.preprocess import INLINE_RECV_HWM
+    from edge.wire import make_socket, pack, unpack
+    ctx = zmq.Context()
+    inp = make_socket(ctx, zmq.PULL, hwm=INLINE_RECV_HWM)
+    inp.bind("inproc://bench-frames")
+    pool, total = frame_pool(), warmup + frames
+
+    def send():
+        out = make_socket(ctx, zmq.PUSH, hwm=INLINE_SEND_HWM)
+        out.connect("inproc://bench-frames")
+        for i in range(total):
+            header = {"kind": "frame", "camera": "cam0", "seq": i, "mono": time.monotonic(), "wall": time.time(),
+                      "shape": list(SHAPE), "pixel_format": "BGR8"}
+            out.send_multipart(pack(header, pool[i % POOL]), copy=False)
+        out.close(linger=10_000)
+    tx = threading.Thread(target=send)
+    tx.start()
+    arrivals, bad = np.empty(total), 0
+    for i in range(total):
+        header, arrays = unpack(inp.recv_multipart(copy=False))
+        bad += not (arrays and stamp(arrays[0]) == i % POOL)
+        arrivals[i] = time.perf_counter()
+    tx.join()
+    inp.close(linger=0)
+    ctx.term()
+    return {"frames": frames, "elapsed_s": float(arrivals[-1] - arrivals[warmup - 1]), "bad_frames": int(bad)}
+
+
 def measure_once(mode: str, frames: int, warmup: int) -> dict:
     """One timed transfer of ``frames`` frames (after ``warmup``), sender and receiver in two processes."""
     if mode == "memcpy":
         r = measure_memcpy(frames * 4, warmup)   # cheap: more frames for a stable figure
+    elif mode == "inproc":
+        r = measure_inproc(frames * 4, warmup)   # cheap: more frames for a stable figure
     elif mode == "memcpy-cold":
         r = measure_memcpy(frames * 4, warmup, sources=POOL, targets=RING_SLOTS)
     else:
