@@ -94,3 +94,46 @@ def test_hybrid_runs_the_backbone_once_and_exports_it_once(runs, tmp_path):
     for flat in (0.0, 0.5, 1.0):  # a dead camera or a lens cap: the standardisation must not divide by zero
         score, heatmap, members = session.run(None, {"images": np.full((1, 1, SIZE, SIZE), flat, np.float32)})
         assert np.isfinite(score).all() and np.isfinite(heatmap).all() and np.isfinite(members).all(), flat
+
+
+def test_re_trained_stages_learn_share_the_frozen_backbone_and_export(runs, tmp_path):
+    """--tune-from-stage 3: stages 3-4 are re-trained copies; the frozen stem/stages stay ImageNet's and
+    shared with the kNN member; the hybrid exports with the backbone once and matches torch."""
+    data, _ = runs
+    out = tmp_path / "tuned"
+    assert train(["hybrid", "--data", str(data), "--k", "4", "--size", str(SIZE), "--members", "patch_knn",
+                  "patch_head", "--tune-from-stage", "3", "--quiet", "--threads", "2", "--out", str(out)]) == 0
+    m = json.loads((out / "members" / "patch_head" / "metrics.json").read_text())
+    assert m["test"]["image"]["auroc"] >= 0.9, m["test"]
+    log = [json.loads(line) for line in (out / "members" / "patch_head" / "train_log.jsonl").read_text().splitlines()]
+    assert len(log) == 6 and log[-1]["loss"] < log[0]["loss"]  # 6 epochs: the re-training default
+
+    head, _ = load_checkpoint(out / "members" / "patch_head" / "checkpoint.pt")
+    assert head.tune_from_stage == 3 and len(head.tuned) == 6  # stages 3 and 4: 3 blocks each
+    imagenet = PatchFeatureExtractor().backbone
+    load_imagenet_weights(imagenet)
+    first = head.features.backbone.stage_ends[2] + 1
+    moved = [not torch.equal(p, q) for p, q in zip(head.tuned.parameters(), imagenet._blocks[first:].parameters())]
+    assert any(moved)  # the re-trained copies changed ...
+    for p, q in zip(head.features.backbone.parameters(), imagenet.parameters()):
+        assert torch.equal(p, q)  # ... and the shared backbone did not
+
+    hybrid, _ = load_checkpoint(out / "checkpoint.pt", "hybrid")
+    assert hybrid.feature_source == {"patch_knn": "patch_knn", "patch_head": "patch_knn"}
+    x = torch.rand(3, 1, SIZE, SIZE, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        fused = hybrid(x)
+        alone = head(x).score
+    torch.testing.assert_close(fused.member_scores[:, 1], (alone - hybrid.score_center[1]) / hybrid.score_scale[1])
+    export_onnx(out, tmp_path / "tuned.onnx")
+    graph = onnx.load(str(tmp_path / "tuned.onnx")).graph
+    assert len([i for i in graph.initializer if tuple(i.dims) == (32, 3, 3, 3)]) == 1
+    session = ort.InferenceSession(str(tmp_path / "tuned.onnx"), providers=["CPUExecutionProvider"])
+    score, _, members = session.run(None, {"images": x.numpy()})
+    np.testing.assert_allclose(score, fused.score.numpy(), rtol=1e-3, atol=1e-3)
+    np.testing.assert_allclose(members, fused.member_scores.numpy(), rtol=1e-3, atol=1e-3)
+
+
+def test_tune_from_stage_needs_the_stage_before_it():
+    with pytest.raises(ValueError, match="needs stage 2"):
+        PatchHeadScorer(stages=(1, 4), tune_from_stage=3)

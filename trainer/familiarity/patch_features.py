@@ -47,12 +47,15 @@ class PatchFeatureExtractor(nn.Module):
         self.backbone = EfficientNetLite0()
         self.dim = sum(STAGE_CHANNELS[s] for s in self.stages)
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """[0, 1] images (B, 1|3, H, W) -> patch features (B, D, h, w) on the finest stage's grid."""
+    def stage_maps(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """[0, 1] images (B, 1|3, H, W) -> the raw maps of ``self.stages`` (members that re-train the
+        deeper stages start from the frozen shallower ones; trainer/patchhead)."""
         if self.standardize:
             images = standardize_images(images)
-        x = normalize_for_lite(to_three_channels(images))
-        maps = self.backbone.features(x, self.stages)
+        return self.backbone.features(normalize_for_lite(to_three_channels(images)), self.stages)
+
+    def combine(self, maps: list[torch.Tensor]) -> torch.Tensor:
+        """Stage maps -> patch features (B, D, h, w) on the finest stage's grid."""
         if self.pool_size > 1:
             p = self.pool_size
             # count_include_pad=False: border patches average their real neighbours only
@@ -60,6 +63,10 @@ class PatchFeatureExtractor(nn.Module):
         size = maps[0].shape[-2:]
         maps = [maps[0]] + [F.interpolate(m, size=size, mode="bilinear", align_corners=False) for m in maps[1:]]
         return torch.cat(maps, dim=1)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """[0, 1] images (B, 1|3, H, W) -> patch features (B, D, h, w) on the finest stage's grid."""
+        return self.combine(self.stage_maps(images))
 
     def sharing_key(self) -> tuple:
         """Two extractors with the same key and the same weights compute the same features."""

@@ -15,7 +15,7 @@ by one MatMul and a ReduceMin, so that the graph exports to ONNX and TensorRT (n
 * image score: the largest patch distance (PatchCore's s* without its re-weighting):
   a part is as bad as its worst patch.
 
-``scores_from_features`` takes features computed elsewhere, so that the hybrid runs the backbone
+``scores_from_maps`` takes the backbone's stage maps computed elsewhere, so that the hybrid runs the backbone
 once for every member that shares it (trainer/hybrid/torch_model.py).
 """
 from __future__ import annotations
@@ -70,6 +70,10 @@ class PatchKnnFamiliarity(nn.Module):
         score = dist.flatten(1).amax(dim=1)
         heatmap = self.blur.blur(F.interpolate(dist, size=size, mode="bilinear", align_corners=False))
         return FamiliarityOutput(score=score, anomaly_map=heatmap)
+
+    def scores_from_maps(self, maps: list[torch.Tensor], size) -> FamiliarityOutput:
+        """``maps``: this member's ``self.features.stage_maps(images)`` (computed once by the hybrid)."""
+        return self.scores_from_features(self.features.combine(maps), size)
 
     def forward(self, images: torch.Tensor) -> FamiliarityOutput:
         return self.scores_from_features(self.features(images), images.shape[-2:])

@@ -11,7 +11,8 @@ Members (each a plain module returning ``score`` (B,) and ``anomaly_map`` (B, 1,
 
 Members whose frozen feature extractors are alike (same stages, pooling, standardisation and
 weights: patch_knn and patch_head) share one: the backbone runs once per image for all of them
-and the exported graph holds its weights once.
+and the exported graph holds its weights once. A patch head that re-trained the deeper stages
+(``tune_from_stage``) shares the frozen shallow stages and runs only its own deeper blocks.
 
 Fusion, fitted on validation good images only (no defect label, trainer/hybrid/fusion.py):
 each member's score and map is standardised to robust standard deviations of good parts,
@@ -68,7 +69,7 @@ class HybridDetector(nn.Module):
         for name in self.names:
             member = self.members[name]
             extractor = getattr(member, "features", None)
-            if not (isinstance(extractor, PatchFeatureExtractor) and hasattr(member, "scores_from_features")):
+            if not (isinstance(extractor, PatchFeatureExtractor) and hasattr(member, "scores_from_maps")):
                 continue
             owner = first.setdefault(extractor.sharing_key(), name)
             if owner != name:
@@ -82,16 +83,16 @@ class HybridDetector(nn.Module):
         return z.sum(dim) if self.rule == "sum" else z.amax(dim)
 
     def forward(self, images: torch.Tensor) -> HybridOutput:
-        features: dict[str, torch.Tensor] = {}
+        maps: dict[str, list[torch.Tensor]] = {}
         outs = []
         for n in self.names:
             member, owner = self.members[n], self.feature_source.get(n)
             if owner is None:
                 outs.append(member(images))
                 continue
-            if owner not in features:
-                features[owner] = member.features(images)
-            outs.append(member.scores_from_features(features[owner], images.shape[-2:]))
+            if owner not in maps:
+                maps[owner] = member.features.stage_maps(images)
+            outs.append(member.scores_from_maps(maps[owner], images.shape[-2:]))
         z = (torch.stack([o.score for o in outs], 1) - self.score_center) / self.score_scale
         maps = torch.stack([o.anomaly_map[:, 0] for o in outs], 1)  # (B, M, H, W)
         zmap = (maps - self.map_center.view(1, -1, 1, 1)) / self.map_scale.view(1, -1, 1, 1)

