@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install broker chromium demo demo-plc train-demo bundled-model test sdd-data bench-floors bench-detection bench-ae bench-twohead bench-runtime bench-pipeline clean
+.PHONY: install broker chromium demo demo-plc train-demo bundled-model test sdd-data bench-floors bench-detection bench-ae bench-twohead bench-runtime bench-pipeline bench-view clean
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -114,6 +114,12 @@ bench-pipeline: $(STAMP)
 	@$(BIN)/python -c 'import imagezmq' 2>/dev/null || \
 		$(BIN)/pip install --quiet --disable-pip-version-check -e '.[bench]'
 	$(BIN)/python bench/pipeline_bench.py
+
+# The operator's screen's cost (issue 16): pipeline frames/s and CPU with nothing, an SSE client (a panel elsewhere)
+# and a headless Chromium (a browser on the node) connected, same edge-run, phases interleaved; then separate runs
+# with and without --view-port. Writes docs/bench/view_bench.json. About 9 minutes on 2 cores; run it on a quiet machine.
+bench-view: $(STAMP) chromium
+	$(BIN)/python bench/view_bench.py --reference --rounds 4
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

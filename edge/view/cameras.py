@@ -160,8 +160,10 @@ class CameraControl:
                                   "list is unchanged")
 
     def close(self) -> None:
-        if self.sock is not None:
-            self.sock.close(linger=0)
+        with self.lock:   # not under a request another thread is making
+            if self.sock is not None:
+                self.sock.close(linger=0)
+                self.sock = None
 
 
 def serve_requests(sock: zmq.Socket, handle, timeout_ms: int) -> None:
