@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install broker chromium demo demo-plc train-demo bundled-model test sdd-data bench-floors bench-detection bench-ae bench-twohead bench-runtime bench-pipeline bench-view clean
+.PHONY: install broker chromium demo demo-plc train-demo bundled-model test sdd-data bench-floors bench-detection bench-ae bench-twohead bench-runtime bench-pipeline bench-stage-modes bench-view clean
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -114,6 +114,11 @@ bench-pipeline: $(STAMP)
 	@$(BIN)/python -c 'import imagezmq' 2>/dev/null || \
 		$(BIN)/pip install --quiet --disable-pip-version-check -e '.[bench]'
 	$(BIN)/python bench/pipeline_bench.py
+
+# edge-run --stage-mode processes vs. threads: CPU per frame per stage at 10 frames/s, and 1/2/4/8 simulated
+# cameras at 10 frames/s each sharing one engine (aggregate frames/s, per-camera p99). ~6 min on 2 cores.
+bench-stage-modes: $(STAMP)
+	$(BIN)/python bench/stage_mode_bench.py
 
 # The operator's screen's cost (issue 16): pipeline frames/s and CPU with nothing, an SSE client (a panel elsewhere)
 # and a headless Chromium (a browser on the node) connected, same edge-run, phases interleaved; then separate runs
