@@ -61,6 +61,8 @@ class StageGroup:
         self.built = {s: threading.Event() for s in self.stages}     # constructed (or failed to)
         self.ready = {s: threading.Event() for s in self.stages}     # reported ready
         self.others_ready = threading.Event()                         # every stage but capture ready
+        if all(s == "capture" for s in self.stages):   # capture alone (--stages capture): nothing to wait for
+            self.others_ready.set()
         self.error: tuple[str, BaseException] | None = None           # the first stage that could not run
         self.crashed: str | None = None
         self.released = go is None or go.is_set()

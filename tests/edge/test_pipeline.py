@@ -265,3 +265,32 @@ def test_bad_engine_or_source_is_a_clear_error(tmp_path):
     out = subprocess.run([sys.executable, "-m", "edge.run", "--insecure", "--engine", str(ENGINE), "--source",
                           str(tmp_path / "nothing_here.avi")], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert out.returncode != 0 and "nothing_here.avi" in out.stderr
+
+
+def test_capture_alone_as_a_thread_sends_every_frame_to_a_remote_preprocess(tmp_path):
+    """--stages capture --stage-mode threads (the camera box of a two-host line): the one stage
+    thread starts reading without waiting for stages it does not run, and sends every frame inline."""
+    ctx = zmq.Context()
+    pull = ctx.socket(zmq.PULL)
+    port = pull.bind_to_random_port("tcp://127.0.0.1")
+    proc = subprocess.Popen([sys.executable, "-m", "edge.run", "--insecure", "--engine", str(ENGINE), "--stages",
+                             "capture", "--stage-mode", "threads", "--frames-inline", "--frames-addr",
+                             f"tcp://127.0.0.1:{port}", "--source", str(IMAGES), "--no-drop", "--quiet"],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        from edge.wire import unpack
+        seqs, eos = [], False
+        while not eos and pull.poll(60_000):
+            header, arrays = unpack(pull.recv_multipart(copy=False))
+            if header["kind"] == "frame":
+                assert len(arrays) == 1 and list(arrays[0].shape) == header["shape"]
+                seqs.append(header["seq"])
+            eos = header["kind"] == "eos"
+        pull.close(linger=0)   # as preprocess does after end-of-stream: capture's acknowledgement to exit
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        ctx.destroy(linger=0)
+    assert eos and seqs == list(range(50)), (len(seqs), out[-2000:])
+    assert proc.returncode == 0, out[-2000:]
