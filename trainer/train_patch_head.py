@@ -27,6 +27,7 @@ from trainer.evaluate import predict
 from trainer.metrics import auroc
 from trainer.patchhead import PatchHeadScorer
 from trainer.patchhead.config import PatchHeadTrainConfig
+from trainer.patchhead.style_balance import style_balanced_weights
 from trainer.run_setup import finish_run, start_run, synthetic_validation_set
 from trainer.tensors import load_images
 
@@ -35,11 +36,13 @@ BATCH = 16
 
 @torch.no_grad()
 def frozen_inputs(model: PatchHeadScorer, samples, size: int, channels: int, flips: bool,
-                  progress: bool) -> list[torch.Tensor]:
+                  progress: bool) -> tuple[list[torch.Tensor], torch.Tensor]:
     """What training reads from the frozen backbone, float16, view by view (as they are, then with
     ``flips`` flipped left-right, then up-down): the patch features for a frozen head, or the
-    frozen stage maps that the re-trained blocks start from."""
+    frozen stage maps that the re-trained blocks start from; and each row's look (the spatial mean
+    of its frozen patch features, for ``--balance-styles``)."""
     views_kept: list[list[list[torch.Tensor]]] = []
+    looks: list[list[torch.Tensor]] = []
     bar = tqdm(total=len(samples), desc="patch head: features", unit="img",
                disable=not (progress and sys.stderr.isatty()))
     for i in range(0, len(samples), BATCH):
@@ -47,17 +50,21 @@ def frozen_inputs(model: PatchHeadScorer, samples, size: int, channels: int, fli
         views = [images] + ([images.flip(-1), images.flip(-2)] if flips else [])
         for v, view in enumerate(views):
             maps = model.features.stage_maps(view)
+            combined = model.features.combine(maps)
             if model.tune_from_stage is None:
-                parts = [model.features.combine(maps)]
+                parts = [combined]
             else:
                 parts = [m for s, m in zip(model.features.stages, maps) if s in model.frozen_stages()]
             if len(views_kept) <= v:
                 views_kept.append([[] for _ in parts])
+                looks.append([])
+            looks[v].append(combined.mean(dim=(2, 3)))
             for kept, part in zip(views_kept[v], parts):
                 kept.append(part.half())
         bar.update(len(images))
     bar.close()
-    return [torch.cat([torch.cat(view[j]) for view in views_kept]) for j in range(len(views_kept[0]))]
+    inputs = [torch.cat([torch.cat(view[j]) for view in views_kept]) for j in range(len(views_kept[0]))]
+    return inputs, torch.cat([torch.cat(v) for v in looks])
 
 
 @torch.no_grad()
@@ -80,11 +87,12 @@ def set_statistics(model: PatchHeadScorer, inputs: list[torch.Tensor]) -> None:
 
 
 def fit_head(model: PatchHeadScorer, inputs: list[torch.Tensor], labels: torch.Tensor, config: PatchHeadTrainConfig,
-             log_path: Path, progress: bool) -> list[dict]:
+             log_path: Path, progress: bool, weights: torch.Tensor | None = None) -> list[dict]:
     """Train ``model.head`` (and ``model.tuned``, the re-trained blocks, if any) on precomputed frozen
     inputs (``frozen_inputs``); returns the per-epoch log. A frozen head trains at a constant rate;
     re-trained blocks follow a one-cycle schedule (warm-up, then decay to zero) with batch-norm
-    statistics kept from ImageNet (a few hundred parts are too few to re-estimate them)."""
+    statistics kept from ImageNet (a few hundred parts are too few to re-estimate them). ``weights``:
+    per-row loss weights (``--balance-styles``; default 1)."""
     set_statistics(model, inputs)
     tuning = model.tune_from_stage is not None
     groups = [{"params": list(model.head.parameters()), "lr": config.lr}]
@@ -111,7 +119,8 @@ def fit_head(model: PatchHeadScorer, inputs: list[torch.Tensor], labels: torch.T
             else:
                 features = inputs[0][batch]
             logits = model.image_logits(model.patch_logits(features))
-            loss = F.binary_cross_entropy_with_logits(logits, labels[batch], pos_weight=pos_weight)
+            loss = F.binary_cross_entropy_with_logits(logits, labels[batch], pos_weight=pos_weight,
+                                                      weight=None if weights is None else weights[batch])
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"patch head: the loss became {loss.item()} at epoch {epoch}: "
                                          f"lower --lr (now {config.lr})" + (f" or --tune-lr (now {config.tune_lr})"
@@ -145,11 +154,14 @@ def train_patch_head(config: PatchHeadTrainConfig, dataset: Dataset, split: Spli
     if model.tune_from_stage is not None:
         model.start_tuning()
     samples = fit + defective
-    inputs = frozen_inputs(model, samples, size, channels, config.flips, progress)
+    inputs, looks = frozen_inputs(model, samples, size, channels, config.flips, progress)
     views = len(inputs[0]) // len(samples)
     labels = torch.tensor([0.0] * len(fit) + [1.0] * len(defective)).repeat(views)
+    weights, styles = None, None
+    if config.balance_styles:
+        weights, styles = style_balanced_weights(looks, labels, config.balance_styles, config.seed)
     t_features = time.perf_counter() - start
-    log = fit_head(model, inputs, labels, config, out_dir / "train_log.jsonl", progress)
+    log = fit_head(model, inputs, labels, config, out_dir / "train_log.jsonl", progress, weights)
     del inputs
     train_seconds = time.perf_counter() - start
     proxy = None
@@ -165,5 +177,5 @@ def train_patch_head(config: PatchHeadTrainConfig, dataset: Dataset, split: Spli
         train_stats={"seconds": round(train_seconds, 2), "feature_seconds": round(t_features, 2),
                      "head_seconds": round(train_seconds - t_features, 2), "images": len(samples),
                      "images_per_second": round(len(samples) / max(t_features, 1e-9), 2),
-                     "final_loss": log[-1]["loss"]},
+                     "final_loss": log[-1]["loss"], "style_clusters": styles},
         validation={"synthetic_defect_auroc": proxy, "n_good": len(val)})

@@ -137,3 +137,15 @@ def test_re_trained_stages_learn_share_the_frozen_backbone_and_export(runs, tmp_
 def test_tune_from_stage_needs_the_stage_before_it():
     with pytest.raises(ValueError, match="needs stage 2"):
         PatchHeadScorer(stages=(1, 4), tune_from_stage=3)
+
+
+def test_balance_styles_weights_the_loss_and_reports_the_clusters(runs, tmp_path):
+    data, _ = runs
+    out = tmp_path / "balanced"
+    assert train(["patch-head", "--data", str(data), "--k", "4", "--size", str(SIZE), "--balance-styles", "2",
+                  "--epochs", "3", "--quiet", "--threads", "2", "--out", str(out)]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    clusters = m["train"]["style_clusters"]
+    assert len(clusters) == 2 and sum(c["good"] + c["defective"] for c in clusters) == m["n_train_good"] + 4
+    assert train(["patch-head", "--data", str(data), "--k", "4", "--size", str(SIZE), "--balance-styles", "1",
+                  "--quiet", "--out", str(tmp_path / "bad")]) == 2

@@ -30,6 +30,7 @@ class PatchHeadTrainConfig:
     lr: float = 1e-3
     tune_lr: float = 2e-4          # peak learning rate of the re-trained blocks (one-cycle schedule)
     weight_decay: float = 1e-2
+    balance_styles: int = 0        # k-means clusters of the images' look to balance the loss over (0: off)
     flips: bool = False            # also train on the features of each image flipped left-right and up-down
     val_fraction: float = 0.1
     seed: int = 0
@@ -45,6 +46,8 @@ class PatchHeadTrainConfig:
         if not (self.lr > 0 and self.tune_lr > 0 and self.weight_decay >= 0):  # also refuses NaN
             raise ValueError(f"lr and tune_lr must be > 0 and weight_decay >= 0, "
                              f"got {self.lr}, {self.tune_lr}, {self.weight_decay}")
+        if self.balance_styles == 1 or self.balance_styles < 0:
+            raise ValueError(f"balance_styles must be 0 (off) or >= 2 clusters, got {self.balance_styles}")
         if not 0 <= self.val_fraction < 1:
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
         if self.model.image_size < 32:
