@@ -5,16 +5,26 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from edge.alerts_cli import AlertSubscriber
 from edge.keys_cli import main as edge_keys
 from tests.edge.test_pipeline import ENGINE, IMAGES, ROOT, free_port
 
 
-def test_only_allowed_keys_hear_a_curve_node(tmp_path):
+@pytest.mark.parametrize("mode,tcp_hop", [("processes", False), ("threads", False), ("threads", True)],
+                         ids=["processes", "threads", "threads-tcp-frames-hop"])
+def test_only_allowed_keys_hear_a_curve_node(tmp_path, mode, tcp_hop):
+    """In threads mode with a tcp:// frames hop, two stage threads (preprocess, alert) serve CURVE on one
+    context, so they share its one ZAP authority; capture connects to preprocess with the node's key."""
     keys, allow = tmp_path / "keys", tmp_path / "allow"
     for name in ("node", "mes", "stranger"):
         assert edge_keys(["generate", name, "--dir", str(keys)]) == 0
     assert edge_keys(["allow", str(keys / "mes.key"), "--allow-dir", str(allow)]) == 0
+    hop = []
+    if tcp_hop:   # capture is a CURVE client of this node's preprocess: its key must be allowed too
+        assert edge_keys(["allow", str(keys / "node.key"), "--allow-dir", str(allow)]) == 0
+        hop = ["--frames-addr", f"tcp://127.0.0.1:{free_port()}", "--curve-server-key", str(keys / "node.key")]
     port = free_port()
     alerts = f"tcp://127.0.0.1:{port}"
     log = tmp_path / "edge-run.log"
@@ -23,7 +33,8 @@ def test_only_allowed_keys_hear_a_curve_node(tmp_path):
             [sys.executable, "-m", "edge.run", "--engine", str(ENGINE), "--source", str(IMAGES), "--no-drop",
              "--threshold", "1e9", "--alerts-addr", alerts, "--journal", str(tmp_path / "j.sqlite"),
              "--curve-secret", str(keys / "node.key_secret"), "--curve-allow", str(allow),
-             "--wait-subscribers", "1", "--fps", "25", "--summary-json", str(tmp_path / "summary.json")],
+             "--wait-subscribers", "1", "--fps", "25", "--summary-json", str(tmp_path / "summary.json"),
+             "--stage-mode", mode, *hop],
             cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
     curve = lambda who: (str(keys / f"{who}.key_secret"), str(keys / "node.key"))  # noqa: E731
     mes = AlertSubscriber([alerts], curve=curve("mes"), replay=False)
