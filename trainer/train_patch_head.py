@@ -3,8 +3,8 @@
 The frozen part of the backbone never changes, so what training reads from it is computed once
 per image (no gradient): the patch features, or, when the deeper stages are re-trained
 (``tune_from_stage``), the frozen stage maps they start from. The head trains on them for
-``epochs`` passes in seconds (a minute per pass when re-training stages 3-4 of ~2,000 images): binary cross-entropy on
-the image logit (mean of the largest patch logits), the labelled defective images weighted by
+``epochs`` passes in seconds (about a minute a pass when re-training stages 3-4 of ~1,300 images):
+binary cross-entropy on the image logit (mean of the largest patch logits), the labelled defective images weighted by
 good / defective so that a handful of them is not drowned by hundreds of good ones; AdamW.
 The validation hold-out is excluded from training as for every member (the hybrid fits its fusion
 on it). The run directory has the same files as the other trainers' (docs/run-directory.md).
@@ -54,7 +54,8 @@ def frozen_inputs(model: PatchHeadScorer, samples, size: int, channels: int, fli
             if model.tune_from_stage is None:
                 parts = [combined]
             else:
-                parts = [m for s, m in zip(model.features.stages, maps) if s in model.frozen_stages()]
+                keep = model.frozen_stages()
+                parts = [m for s, m in zip(model.features.stages, maps) if s in keep]
             if len(views_kept) <= v:
                 views_kept.append([[] for _ in parts])
                 looks.append([])

@@ -20,7 +20,7 @@ Because the features are the familiarity member's, a hybrid with both runs the b
 deepest stage taken, with the head, starting from the ImageNet weights; the shallower stages stay
 frozen and shared. With every label a line has (hundreds of defects) this is worth it: ELPV, all
 labels, 224 px, stages 3-4 re-trained: held-out AUROC 0.955 against 0.925 frozen, misses at 5 %
-false alarms 0.18 against 0.26 (docs/benchmarks.md, section detection_tuned). The deeper stages
+false alarms 0.18 against 0.26 (docs/benchmarks.md, section tuned_head_reading). The deeper stages
 run at stride 16 on a 14 x 14 grid at 224 px, so re-training them costs seconds per epoch and
 the edge runs them once more per image at a few percent of the backbone's cost.
 """
@@ -43,7 +43,7 @@ class PatchHeadOutput(NamedTuple):
 
 
 class PatchHeadScorer(nn.Module):
-    """Input: (B, in_channels, H, W) in [0, 1]. Only ``head`` is trained."""
+    """Input: (B, in_channels, H, W) in [0, 1]. Only ``head`` (and ``tuned``, if any) is trained."""
 
     def __init__(self, in_channels: int = 1, stages: tuple[int, ...] = DEFAULT_STAGES, pool_size: int = 3,
                  standardize: bool = True, hidden: int = 64, top_patches: int = 8, blur_sigma: float = 4.0,
@@ -120,7 +120,8 @@ class PatchHeadScorer(nn.Module):
 
     def scores_from_maps(self, maps: list[torch.Tensor], size) -> PatchHeadOutput:
         """``maps``: ``self.features.stage_maps(images)`` (all feature stages, frozen)."""
-        frozen = [m for s, m in zip(self.features.stages, maps) if s in self.frozen_stages()]
+        keep = self.frozen_stages()
+        frozen = [m for s, m in zip(self.features.stages, maps) if s in keep]
         return self.scores_from_features(self.features_from_maps(frozen), size)
 
     def forward(self, images: torch.Tensor) -> PatchHeadOutput:
