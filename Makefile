@@ -15,20 +15,25 @@ $(STAMP): setup.cfg pyproject.toml
 install: $(STAMP)
 
 # The main job on the embedded default: the bundled model (edge/bundled, made by `make bundled-model`)
-# scores the 50 bundled ELPV cells played as one camera through the whole pipeline
-# (capture -> preprocess -> score -> alert over ZeroMQ), while edge-alerts, the reference PLC/MES
-# subscriber, prints every verdict. Ends by itself with a summary (frames, defects, fps, p99 latency).
+# scores the 50 bundled ELPV cells through the whole pipeline (capture -> preprocess -> score -> alert
+# over ZeroMQ), while edge-alerts, the reference PLC/MES subscriber, prints every verdict. The cells play
+# as two lines, one camera per cell type (mono, poly), each judged at its own calibrated threshold (the
+# manifest's entries `mono` and `poly`, fitted on held-out good cells of that type: docs/calibration.md).
+# Ends by itself with a summary (frames, defects, fps, p99 latency) and the verdicts against the labels.
 SAMPLE := trainer/sample_data/elpv_mini
 DEMO_ALERTS := tcp://127.0.0.1:5560
 DEMO_DB := runs/demo/alerts.sqlite
+DEMO_LINES := runs/demo/lines
 demo: $(STAMP)
 	@mkdir -p runs/demo && rm -f $(DEMO_DB)
+	@$(BIN)/python -m edge.demo_lines --images $(SAMPLE)/images --labels $(SAMPLE)/labels.csv --out $(DEMO_LINES)
 	@$(BIN)/edge-alerts --insecure --connect $(DEMO_ALERTS) --count 50 --timeout 60 --summary --db $(DEMO_DB) & \
-	$(BIN)/edge-run --engine edge/bundled/model.onnx --source $(SAMPLE)/images --no-drop --simulated --insecure \
-		--alerts-addr $(DEMO_ALERTS) --wait-subscribers 1 --print-every 2; \
+	$(BIN)/edge-run --engine edge/bundled/model.onnx --source mono=$(DEMO_LINES)/mono --source poly=$(DEMO_LINES)/poly \
+		--no-drop --simulated --insecure --alerts-addr $(DEMO_ALERTS) --wait-subscribers 1 --print-every 2; \
 	status=$$?; wait; [ $$status -eq 0 ] || exit $$status; \
 	echo "--- the verdicts against the sample's labels ($(SAMPLE)/labels.csv):"; \
-	$(BIN)/python -m edge.demo_report --db $(DEMO_DB) --images $(SAMPLE)/images --labels $(SAMPLE)/labels.csv
+	$(BIN)/python -m edge.demo_report --db $(DEMO_DB) --source mono=$(DEMO_LINES)/mono \
+		--source poly=$(DEMO_LINES)/poly --labels $(SAMPLE)/labels.csv
 
 # The demo with the PLC's last metre: edge-run judges the 50 bundled cells, edge-bridge serves the verdicts
 # as Modbus TCP registers (docs/plc.md) on 127.0.0.1:$(DEMO_PLC_PORT), and a small PLC-side client

@@ -138,7 +138,8 @@ def train_variant(variant: tuple, maps: list[torch.Tensor], sp: dict, seed: int,
     return model.eval()
 
 
-def evaluate(maps, samples, sp, protocol: str, k: int, seed: int, bank: int, work: Path) -> list[dict]:
+def evaluate(maps, samples, sp, protocol: str, k: int, seed: int, bank: int, work: Path,
+             variants: list[str]) -> list[dict]:
     labels = np.array([s.label for s in samples])
     y = labels[sp["test"]]
     extractor = PatchHeadScorer().features
@@ -148,7 +149,8 @@ def evaluate(maps, samples, sp, protocol: str, k: int, seed: int, bank: int, wor
     knn = {part: knn_scores(bank_feats, feats(sp[part])).numpy() for part in ("val", "test", "demo") if sp[part]}
     seconds = {"knn": time.perf_counter() - start}
     members = {"knn": knn}
-    for name, variant in VARIANTS.items():
+    for name in variants:
+        variant = VARIANTS[name]
         start = time.perf_counter()
         model = train_variant(variant, maps, sp, seed, work)
         members[f"head_{name}"] = {part: head_scores(model, maps, sp[part]) for part in ("val", "test", "demo") if sp[part]}
@@ -157,7 +159,7 @@ def evaluate(maps, samples, sp, protocol: str, k: int, seed: int, bank: int, wor
     zd = standardised({n: {"val": m["val"], "test": m.get("demo", m["val"][:0])} for n, m in members.items()})
     rows = []
     scored = {n: (z[n]["test"], zd[n]["test"], z[n]["val"]) for n in members}
-    for name in VARIANTS:
+    for name in variants:
         h = f"head_{name}"
         scored[f"hybrid_{name}"] = tuple(a + b for a, b in zip(scored["knn"], scored[h]))
         seconds[f"hybrid_{name}"] = seconds["knn"] + seconds[h]
@@ -203,6 +205,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--size", type=int, default=224)
     p.add_argument("--bank", type=int, default=4096, help="random kNN bank size in patches (default 4096)")
+    p.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS),
+                   help="patch head variants to train (default all three)")
     p.add_argument("--work", default="runs/bench_tuned_head", help="stage-map cache folder")
     p.add_argument("--json", default="", help="rows as JSON (default docs/bench/tuned_head_PROTOCOL.json)")
     p.add_argument("--no-docs", action="store_true", help="do not write the docs/benchmarks.md section")
@@ -217,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     for k in (args.k if args.protocol == "dra" else [0]):
         for seed in args.seeds:
             for r in evaluate(maps, samples, splits(args.protocol, dataset, samples, k, seed), args.protocol, k,
-                              seed, args.bank, work):
+                              seed, args.bank, work, args.variants):
                 rows.append(r)
                 print(json.dumps(r), flush=True)
             out_json.parent.mkdir(parents=True, exist_ok=True)  # partial results survive an interrupted run

@@ -5,6 +5,8 @@ import numpy as np
 
 from edge.alerts import make_alert
 from edge.alerts_cli import AlertStore
+from edge.demo_lines import main as lines_main
+from edge.demo_lines import write_lines
 from edge.demo_report import main, report
 from tests.synthetic import write_image
 
@@ -24,7 +26,7 @@ def test_report_joins_frames_to_files_by_natural_order(tmp_path, capsys):
                              published_wall=1.0, latency_ms=1.0, verdict=v, score=None if v == "NotDecidable" else 1.0,
                              normalised_score=None, threshold=0.5, model_version="m", journal_id="j"))
     store.close()
-    r = report(tmp_path / "alerts.sqlite", images, tmp_path / "labels.csv")
+    r = report(tmp_path / "alerts.sqlite", {None: images}, tmp_path / "labels.csv")
     assert r["defective"] == 2 and r["good"] == 2
     assert r["caught"] == ["cell1.png"] and r["missed"] == ["cell3.png"]
     assert r["false_alarms"] == ["cell2.png"] and r["not_judged"] == ["cell10.png"]
@@ -34,3 +36,48 @@ def test_report_joins_frames_to_files_by_natural_order(tmp_path, capsys):
     assert "defects caught: 1 of 2" in out and "false alarms:   1 of 2" in out and "not judged" in out
     assert main(["--db", str(tmp_path / "missing.sqlite"), "--images", str(images),
                  "--labels", str(tmp_path / "labels.csv")]) == 2
+
+
+def store_verdicts(db: Path, verdicts: list[tuple[str, int, str]]) -> None:
+    store = AlertStore(db)
+    for n, (camera, seq, v) in enumerate(verdicts):
+        store.add(make_alert(node="n", alert_seq=n + 1, camera=camera, frame_seq=seq, capture_wall=1.0,
+                             published_wall=1.0, latency_ms=1.0, verdict=v, score=1.0, normalised_score=None,
+                             threshold=0.5, model_version="m", journal_id="j"))
+    store.close()
+
+
+def test_two_lines_one_camera_per_cell_type(tmp_path, capsys):
+    """The demo's layout: the sample split into one folder per cell type, each played by its own camera;
+    each camera's frame_seq names a file of its own folder, never of the other's."""
+    images = tmp_path / "images"
+    for n in ("cell1.png", "cell2.png", "cell3.png", "cell4.png", "cell5.png"):
+        write_image(images / n, np.zeros((8, 8), np.uint8))
+    (tmp_path / "labels.csv").write_text("images/cell1.png 1.0 mono\nimages/cell2.png 0.0 poly\n"
+                                         "images/cell3.png 0.0 mono\nimages/cell4.png 1.0 poly\n"
+                                         "images/cell5.png 0.0 poly\n")
+    lines = tmp_path / "lines"
+    assert write_lines(images, tmp_path / "labels.csv", lines) == {"mono": 2, "poly": 3}
+    assert sorted(p.name for p in (lines / "poly").iterdir()) == ["cell2.png", "cell4.png", "cell5.png"]
+    assert (lines / "mono" / "cell3.png").resolve() == (images / "cell3.png").resolve()
+    # mono frames 0, 1 = cell1, cell3; poly frames 0, 1, 2 = cell2, cell4, cell5
+    store_verdicts(tmp_path / "a.sqlite", [("mono", 0, "NotOK"), ("mono", 1, "OK"), ("poly", 0, "NotOK"),
+                                           ("poly", 1, "OK"), ("poly", 2, "OK")])
+    sources = {"mono": lines / "mono", "poly": lines / "poly"}
+    r = report(tmp_path / "a.sqlite", sources, tmp_path / "labels.csv")
+    assert r["caught"] == ["cell1.png"] and r["missed"] == ["cell4.png"]
+    assert r["false_alarms"] == ["cell2.png"] and r["not_judged"] == []
+    mono = report(tmp_path / "a.sqlite", {"mono": lines / "mono"}, tmp_path / "labels.csv")
+    assert (mono["defective"], mono["good"], mono["false_alarms"]) == (1, 1, [])
+    assert main(["--db", str(tmp_path / "a.sqlite"), "--source", f"mono={lines / 'mono'}",
+                 "--source", f"poly={lines / 'poly'}", "--labels", str(tmp_path / "labels.csv")]) == 0
+    out = capsys.readouterr().out
+    assert "camera mono" in out and "camera poly" in out and "defects caught: 1 of 2" in out
+    # a second run replaces its own links; a folder holding anything else is refused, not emptied
+    assert lines_main(["--images", str(images), "--labels", str(tmp_path / "labels.csv"), "--out", str(lines)]) == 0
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep")
+    assert lines_main(["--images", str(images), "--labels", str(tmp_path / "labels.csv"),
+                       "--out", str(tmp_path / "mine")]) == 2
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep"
+    assert "did not write" in capsys.readouterr().err
