@@ -196,6 +196,18 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def write_docs(rows: list[dict], args) -> None:
+    load = os.getloadavg()[0]
+    write_section(f"tuned_head_{args.protocol.replace('-', '_')}",
+                  f"## Patch head with re-trained stages 3-4 ({Path(args.data).name}, {args.protocol}, "
+                  f"{args.size} px)\n\nWritten by `bench/tuned_head.py` (its docstring says what runs). "
+                  f"head_frozen: the patch head on the frozen backbone; head_tuned: stages 3-4 re-trained "
+                  f"with it (`--tune-from-stage 3`); head_tuned_balanced: the same with the loss balanced over 8 "
+                  f"clusters of the cells' look (`--balance-styles 8`); hybrid_*: + the patch kNN (random bank "
+                  f"of {args.bank} patches), sum of robust z-scores. Seconds on a shared machine (load average "
+                  f"{load:.1f} when written): indicative only.\n\n{table(rows)}\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -224,19 +236,13 @@ def main(argv: list[str] | None = None) -> int:
                               seed, args.bank, work, args.variants):
                 rows.append(r)
                 print(json.dumps(r), flush=True)
-            out_json.parent.mkdir(parents=True, exist_ok=True)  # partial results survive an interrupted run
+            # partial results survive an interrupted run: the JSON and the docs table after every seed
+            out_json.parent.mkdir(parents=True, exist_ok=True)
             out_json.write_text(json.dumps({"data": Path(args.data).name, "size": args.size, "bank": args.bank,
                                             "rows": rows}, indent=1) + "\n")
+            if not args.no_docs:
+                write_docs(rows, args)
     print(table(rows))
-    if not args.no_docs:
-        load = os.getloadavg()[0]
-        write_section(f"tuned_head_{args.protocol.replace('-', '_')}",
-                      f"## Patch head with re-trained stages 3-4 ({Path(args.data).name}, {args.protocol}, "
-                      f"{args.size} px)\n\nWritten by `bench/tuned_head.py` (its docstring says what runs). "
-                      f"head_frozen: the patch head on the frozen backbone; head_tuned: stages 3-4 re-trained "
-                      f"with it (`--tune-from-stage 3`); head_tuned_balanced: the same with the loss balanced over 8 clusters of the cells' look (`--balance-styles 8`); hybrid_*: + the patch kNN (random bank of {args.bank} "
-                      f"patches), sum of robust z-scores. Seconds on a shared machine (load average "
-                      f"{load:.1f} at the end): indicative only.\n\n{table(rows)}\n")
     return 0
 
 

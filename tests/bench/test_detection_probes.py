@@ -38,3 +38,17 @@ def test_ens_probe_scores_a_familiarity_run(tmp_path):
     rows = json.loads(out.read_text())
     assert [r["member"] for r in rows] == ["familiarity", "ENS (input x gradient)", "hybrid familiarity + ENS (sum)"]
     assert all(math.isfinite(r["auroc"]) and 0.0 <= r["miss_at_5"] <= 1.0 for r in rows)
+
+
+@pytest.mark.timeout(300)
+def test_tuned_head_bench_rows_and_partial_json(tmp_path):
+    from bench import tuned_head
+    out = tmp_path / "rows.json"
+    assert tuned_head.main(["--data", str(SAMPLE), "--protocol", "dra", "--k", "2", "--seeds", "0", "--size", "64",
+                            "--bank", "128", "--variants", "frozen", "tuned", "--work", str(tmp_path / "cache"),
+                            "--json", str(out), "--no-docs"]) == 0
+    doc = json.loads(out.read_text())
+    members = [r["member"] for r in doc["rows"]]
+    assert members == ["knn", "head_frozen", "head_tuned", "hybrid_frozen", "hybrid_tuned"]
+    assert all(math.isfinite(r["auroc"]) and 0.0 <= r["miss_at_5"] <= 1.0 and r["k"] == 2 for r in doc["rows"])
+    assert list((tmp_path / "cache" / SAMPLE.name).glob("maps_64_s*.npy"))  # stage maps cached for the next run
