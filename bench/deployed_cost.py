@@ -35,6 +35,13 @@ def measure(backend, shape, batch: int, calls: int) -> list[float]:
     return out
 
 
+def memory_banks(onnx_file: Path) -> dict[str, tuple[int, int]]:
+    """Initializers of the graph that are kNN memory banks (name ends in memory_bank): name -> shape."""
+    import onnx
+    model = onnx.load(str(onnx_file), load_external_data=False)
+    return {i.name: tuple(i.dims) for i in model.graph.initializer if i.name.endswith("memory_bank")}
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--onnx", type=Path, default=ROOT / "edge" / "bundled" / "model.onnx")
@@ -56,9 +63,14 @@ def main(argv=None) -> int:
                      "frames_per_s": float(b / np.median(t))})
         print(rows[-1])
     size_mb = args.onnx.stat().st_size / 1e6
+    members = manifest.get("output_meaning", {}).get("member_scores", "").partition("members in order: ")[2]
+    banks = memory_banks(args.onnx)
+    bank_text = (", ".join(f"{n}: {r} x {c}" for n, (r, c) in banks.items()) + " patch features"
+                 if banks else "none (no familiarity member)")
     md = [f"## Deployed model cost on this CPU (`bench/deployed_cost.py`)\n",
           f"Model `{args.onnx.relative_to(ROOT) if args.onnx.is_relative_to(ROOT) else args.onnx}` "
-          f"({manifest['model_kind']}, {manifest['model_version']}), input {shape}, ONNX {size_mb:.1f} MB; "
+          f"({manifest['model_kind']}, {manifest['model_version']}; members: {members or 'one'}), input {shape}, "
+          f"ONNX {size_mb:.1f} MB; memory bank {bank_text}; "
           f"ONNX Runtime CPU through the edge backend, {os.cpu_count()} cores, {args.rounds} rounds interleaved; "
           f"{args.note}.\n", "| batch | frames/s (median) | p50 ms | p99 ms |", "|---|---|---|---|"]
     md += [f"| {r['batch']} | {r['frames_per_s']:.1f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} |" for r in rows]
