@@ -124,6 +124,27 @@ def check_cameras(rules: dict[str, CameraRules], cameras: Iterable[str]) -> None
         raise RulesError(uncalibrated_message(missing, rules))
 
 
+def describe_rules(manifest: dict, cameras: Iterable[str], threshold_override: float | None) -> list[str]:
+    """One line per camera for the start-up log: which entry judges it and what that entry promises,
+    so that whoever reads the log sees each line's threshold without opening the manifest."""
+    entries = (manifest.get("calibration") or {}).get("cameras") or {}
+    lines = []
+    for camera in cameras:
+        if threshold_override is not None:
+            lines.append(f"camera {camera}: threshold {threshold_override:g} (--threshold, the operator's: no "
+                         f"false-alarm promise)")
+            continue
+        name = camera if camera in entries else DEFAULT_CAMERA
+        image = (entries.get(name) or {}).get("image") or {}
+        promise = ""
+        if image.get("target_far") is not None and image.get("n_good") is not None:
+            promise = (f": false alarms <= {float(image['target_far']):.2%} with "
+                       f"{float(image.get('confidence', 0.95)):.0%} confidence, fitted on {image['n_good']} good parts")
+        lines.append(f"camera {camera}: threshold {image.get('threshold', float('nan')):g} from calibration entry "
+                     f"{name!r}{' (the shared one)' if name == DEFAULT_CAMERA else ''}{promise}")
+    return lines
+
+
 def check_rois(rois: Iterable[str], cameras: Iterable[str]) -> None:
     """Refuse a --roi for a camera that no --source has (a typo would silently crop nothing)."""
     known = list(cameras)

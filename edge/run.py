@@ -706,7 +706,7 @@ def config_from_args(a: argparse.Namespace) -> tuple[PipelineConfig, list[str]]:
 def check_start(manifest: dict, a: argparse.Namespace, stages: list[str]) -> None:
     """Refuse, before any process starts, a camera without calibration, a calibration fitted on
     another engine and a --roi for no camera; warn loudly where the calibration is unverified."""
-    from edge.rules import camera_rules, check_cameras, check_rois
+    from edge.rules import camera_rules, check_cameras, check_rois, describe_rules
     cameras = [parse_source(t, i).camera for i, t in enumerate(a.source)]
     if a.source:
         check_rois([camera for camera, _ in a.roi], cameras)
@@ -714,6 +714,8 @@ def check_start(manifest: dict, a: argparse.Namespace, stages: list[str]) -> Non
         rules = camera_rules(manifest, a.threshold)
         if cameras:
             check_cameras(rules, cameras)
+            for line in describe_rules(manifest, cameras, a.threshold):
+                log.info("%s", line)
         if a.threshold is None:   # with --threshold the operator has taken the thresholds over
             from edge.calibration_provenance import check_calibrated_engine
             for warning in check_calibrated_engine(manifest):

@@ -19,7 +19,8 @@ from edge.alerts import AlertError, make_alert
 from edge.backends import open_backend
 from edge.manifest import ManifestError, load_manifest, manifest_path
 from edge.preprocess import frame_to_model_pixels
-from edge.rules import RulesError, camera_rules, check_cameras, check_rois, parse_threshold, rules_for
+from edge.rules import (RulesError, camera_rules, check_cameras, check_rois, describe_rules, parse_threshold,
+                        rules_for)
 from edge.sources import list_images
 from tests.edge.test_pipeline import ENGINE, ROOT, Run, verdicts_by_seq
 
@@ -53,6 +54,17 @@ def edge_run_refusal(*args: str) -> subprocess.CompletedProcess:
 
 
 # ---- rules: own entry, else '*', else refused ----------------------------------------------------
+
+def test_start_log_names_each_cameras_entry_threshold_and_promise():
+    manifest = {"calibration": {"cameras": {"left": entry(1.5), "*": entry(5.0)}}}
+    left, right = describe_rules(manifest, ["left", "right"], None)
+    assert "camera left: threshold 1.5 from calibration entry 'left'" in left and "shared" not in left
+    assert "camera right: threshold 5 from calibration entry '*' (the shared one)" in right
+    n_good = BUNDLED["calibration"]["cameras"]["*"]["image"]["n_good"]
+    assert f"false alarms <= 5.00% with 95% confidence, fitted on {n_good} good parts" in left
+    (override,) = describe_rules(manifest, ["left"], 0.7)
+    assert "threshold 0.7 (--threshold" in override and "no false-alarm promise" in override
+
 
 def test_a_camera_uses_its_own_entry_else_star_and_never_another_cameras():
     rules = camera_rules({"calibration": {"cameras": {"left": entry(1.0), "*": entry(5.0)}}}, None)
