@@ -55,11 +55,13 @@ DEMO = Path(__file__).resolve().parents[1] / "trainer" / "sample_data" / "elpv_m
 VARIANTS = {"frozen": (None, 0), "tuned": (3, 0), "tuned_balanced": (3, 8)}  # (tune_from_stage, balance_styles)
 
 
-def cached_maps(samples, size: int, work: Path) -> list[torch.Tensor]:
-    """Frozen raw maps of stages 2 and 4 (float16) of every sample, standardised input, cached."""
+def cached_maps(samples, size: int, work: Path, standardize: bool = True) -> list[torch.Tensor]:
+    """Frozen raw maps of stages 2 and 4 (float16) of every sample, cached; the input standardised
+    per image (mean 0.5, SD 0.2, as the product's ``--standardize``) or as read (``[0, 1]``)."""
     work.mkdir(parents=True, exist_ok=True)
-    files = [work / f"maps_{size}_s{s}.npy" for s in (2, 4)]
-    listing = work / f"maps_{size}.txt"
+    tag = f"{size}" if standardize else f"{size}_raw"
+    files = [work / f"maps_{tag}_s{s}.npy" for s in (2, 4)]
+    listing = work / f"maps_{tag}.txt"
     paths = "\n".join(s.path.as_posix() for s in samples)
     if all(f.is_file() for f in files) and listing.is_file() and listing.read_text() == paths:
         return [torch.from_numpy(np.load(f)) for f in files]
@@ -69,7 +71,7 @@ def cached_maps(samples, size: int, work: Path) -> list[torch.Tensor]:
     out, start = [[], []], time.perf_counter()
     with torch.no_grad():
         for i in range(0, len(samples), 32):
-            batch = np.stack([grey_resized(s.path, size, True) for s in samples[i:i + 32]])[:, None]
+            batch = np.stack([grey_resized(s.path, size, standardize) for s in samples[i:i + 32]])[:, None]
             for kept, m in zip(out, model.features.stage_maps(torch.from_numpy(batch))):
                 kept.append(m.half())
             print(f"\rstage maps {min(i + 32, len(samples))}/{len(samples)} ({time.perf_counter() - start:.0f} s)",
@@ -139,11 +141,12 @@ def train_variant(variant: tuple, maps: list[torch.Tensor], sp: dict, seed: int,
 
 
 def evaluate(maps, samples, sp, protocol: str, k: int, seed: int, bank: int, work: Path,
-             variants: list[str]) -> list[dict]:
+             variants: list[str], knn_maps: list[torch.Tensor] | None = None) -> list[dict]:
+    """Every member and hybrid on one split; the kNN reads ``knn_maps`` (default: the head's maps)."""
     labels = np.array([s.label for s in samples])
     y = labels[sp["test"]]
     extractor = PatchHeadScorer().features
-    feats = lambda ix: extractor.combine([m[ix].float() for m in maps])  # noqa: E731
+    feats = lambda ix: extractor.combine([m[ix].float() for m in (knn_maps or maps)])  # noqa: E731
     start = time.perf_counter()
     bank_feats = random_bank(feats(sp["fit"]), bank, seed)
     knn = {part: knn_scores(bank_feats, feats(sp[part])).numpy() for part in ("val", "test", "demo") if sp[part]}
@@ -204,7 +207,7 @@ def write_docs(rows: list[dict], args) -> None:
                   f"head_frozen: the patch head on the frozen backbone; head_tuned: stages 3-4 re-trained "
                   f"with it (`--tune-from-stage 3`); head_tuned_balanced: the same with the loss balanced over 8 "
                   f"clusters of the cells' look (`--balance-styles 8`); hybrid_*: + the patch kNN (random bank "
-                  f"of {args.bank} patches), sum of robust z-scores. Seconds on a shared machine (load average "
+                  f"of {args.bank} patches, {args.knn_input} input), sum of robust z-scores. Seconds on a shared machine (load average "
                   f"{load:.1f} when written): indicative only.\n\n{table(rows)}\n")
 
 
@@ -217,6 +220,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--size", type=int, default=224)
     p.add_argument("--bank", type=int, default=4096, help="random kNN bank size in patches (default 4096)")
+    p.add_argument("--knn-input", choices=["standardised", "raw"], default="standardised",
+                   help="the kNN member's input: standardised per image like the head's (default) or as read; "
+                        "raw costs a second backbone pass in a deployed hybrid")
     p.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS),
                    help="patch head variants to train (default all three)")
     p.add_argument("--work", default="runs/bench_tuned_head", help="stage-map cache folder")
@@ -228,18 +234,19 @@ def main(argv: list[str] | None = None) -> int:
     samples = sorted(dataset.samples, key=lambda s: s.path.as_posix())
     work = Path(args.work) / Path(args.data).resolve().name
     maps = cached_maps(samples, args.size, work)
+    knn_maps = cached_maps(samples, args.size, work, standardize=False) if args.knn_input == "raw" else None
     out_json = Path(args.json or f"docs/bench/tuned_head_{args.protocol}.json")
     rows = []
     for k in (args.k if args.protocol == "dra" else [0]):
         for seed in args.seeds:
             for r in evaluate(maps, samples, splits(args.protocol, dataset, samples, k, seed), args.protocol, k,
-                              seed, args.bank, work, args.variants):
+                              seed, args.bank, work, args.variants, knn_maps):
                 rows.append(r)
                 print(json.dumps(r), flush=True)
             # partial results survive an interrupted run: the JSON and the docs table after every seed
             out_json.parent.mkdir(parents=True, exist_ok=True)
             out_json.write_text(json.dumps({"data": Path(args.data).name, "size": args.size, "bank": args.bank,
-                                            "rows": rows}, indent=1) + "\n")
+                                            "knn_input": args.knn_input, "rows": rows}, indent=1) + "\n")
             if not args.no_docs:
                 write_docs(rows, args)
     print(table(rows))

@@ -52,3 +52,21 @@ def test_tuned_head_bench_rows_and_partial_json(tmp_path):
     assert members == ["knn", "head_frozen", "head_tuned", "hybrid_frozen", "hybrid_tuned"]
     assert all(math.isfinite(r["auroc"]) and 0.0 <= r["miss_at_5"] <= 1.0 and r["k"] == 2 for r in doc["rows"])
     assert list((tmp_path / "cache" / SAMPLE.name).glob("maps_64_s*.npy"))  # stage maps cached for the next run
+
+
+@pytest.mark.timeout(300)
+def test_tuned_head_bench_knn_on_raw_input(tmp_path):
+    """--knn-input raw: the kNN member reads maps of the unstandardised image, cached apart."""
+    import numpy as np
+
+    from bench import tuned_head
+    out = tmp_path / "rows.json"
+    assert tuned_head.main(["--data", str(SAMPLE), "--protocol", "dra", "--k", "2", "--seeds", "0", "--size", "64",
+                            "--bank", "128", "--variants", "frozen", "--knn-input", "raw",
+                            "--work", str(tmp_path / "cache"), "--json", str(out), "--no-docs"]) == 0
+    doc = json.loads(out.read_text())
+    assert doc["knn_input"] == "raw"
+    assert [r["member"] for r in doc["rows"]] == ["knn", "head_frozen", "hybrid_frozen"]
+    cache = tmp_path / "cache" / SAMPLE.name
+    raw, std = np.load(cache / "maps_64_raw_s2.npy"), np.load(cache / "maps_64_s2.npy")
+    assert raw.shape == std.shape and not np.array_equal(raw, std)
