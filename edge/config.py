@@ -58,4 +58,7 @@ class PipelineConfig:
     # camera API's channel to the capture stage, both private ipc:// endpoints; "" = off
     preview_addr: str = ""
     preview_fps: float = 2.0              # preview frames per camera per second
+    # the preprocess stage's full frames of rejects for the view (edge/view/full_frames.py): records out, requests in
+    full_frames_addr: str = ""
+    full_requests_addr: str = ""
     control_addr: str = ""

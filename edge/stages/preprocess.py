@@ -23,6 +23,7 @@ from edge.frame_ring import FrameRing, RingError
 from edge.manifest import load_manifest
 from edge.preprocess import PreprocessError, frame_to_model_pixels
 from edge.stages.base import Stage, log
+from edge.view.full_frames import FullFrameKeeper
 from edge.wire import MessageError, field, make_socket, pack
 
 RECV_HWM = 64          # ring headers (ipc://: capture on this host)
@@ -65,6 +66,9 @@ class PreprocessStage(Stage):
         self.out = make_socket(self.ctx, zmq.PUSH, hwm=SEND_HWM)
         self.connect(self.out, cfg.batches_addr)
         self.eos_seen = 0
+        # the operator's screen asks for the full frames of rejects (edge/view/full_frames.py); off without a view
+        self.full = FullFrameKeeper(self.ctx, cfg.full_frames_addr, cfg.full_requests_addr) \
+            if cfg.full_frames_addr else None
 
     # -- one frame ----------------------------------------------------------------------------------
     def pixels(self, header: dict, arrays: list) -> tuple[np.ndarray | None, tuple | None]:
@@ -109,6 +113,8 @@ class PreprocessStage(Stage):
                 log.warning("camera %s sends %s frames; converting them to the model's %s",
                             camera, pixel_format, self.color_order)
             pixels = frame_to_model_pixels(frame, pixel_format, self.size, self.color_order, item["roi"])
+            if self.full is not None:   # copied before the slot is released
+                self.full.keep(camera, seq, frame, pixel_format)
         except PreprocessError as e:
             return item, None, str(e)
         finally:
@@ -118,6 +124,8 @@ class PreprocessStage(Stage):
                 ring.release(slot, gen)
         if ring_slot is not None and not valid:  # seqlock: overwritten while we read it
             self.metrics.inc("stale", camera)
+            if self.full is not None:
+                self.full.forget(camera, seq)
             return item, None, None
         item["frame_shape"] = list(frame.shape[:2])
         return item, pixels, None
@@ -191,11 +199,15 @@ class PreprocessStage(Stage):
                 if messages:
                     self.handle(messages)
                     self.metrics.observe("preprocess_ms", (time.perf_counter() - t0) * 1e3)
+                if self.full is not None:
+                    self.full.serve()
                 self.report()
             self.end_stream(self.out)
         finally:
             for ring in self.rings.values():
                 ring.close()
+            if self.full is not None:
+                self.full.close()
             self.close()
 
 

@@ -9,6 +9,7 @@ import socket
 
 import zmq
 
+from edge.view.full_frames import full_frame_addrs
 from edge.view.server import ViewServer, is_loopback, read_token
 
 log = logging.getLogger("edge")
@@ -55,6 +56,8 @@ def configure_view(cfg, a: argparse.Namespace, stages: list[str]) -> str | None:
     folder = os.path.dirname(cfg.metrics_addr[len("ipc://"):])
     cfg.preview_addr = f"ipc://{os.path.join(folder, 'preview')}"
     cfg.preview_fps = float(a.preview_fps)
+    if "preprocess" in stages:   # full frames of rejects: only a local preprocess stage has them
+        cfg.full_frames_addr, cfg.full_requests_addr = full_frame_addrs(folder)
     if "capture" in stages:
         cfg.control_addr = f"ipc://{os.path.join(folder, 'control')}"
     return token
@@ -72,8 +75,9 @@ class View:
         self.ctx = zmq.Context()   # its own: the supervisor destroys its context from its own thread
         rules = camera_rules(load_manifest(cfg.engine, verify_checksum=False), cfg.threshold)
         self.control = CameraControl(self.ctx, cfg, rules, capture_local="capture" in sup.stages)
-        self.state = ViewState(self.control.cameras, sup.merged, node=cfg.node_id or socket.gethostname())
-        self.feed = ViewFeed(self.ctx, cfg.preview_addr, self.state)
+        self.state = ViewState(self.control.cameras, sup.merged, node=cfg.node_id or socket.gethostname(),
+                               full_frames=bool(cfg.full_frames_addr))
+        self.feed = ViewFeed(self.ctx, cfg.preview_addr, self.state, cfg.full_frames_addr, cfg.full_requests_addr)
         self.server = ViewServer(host, port, self.state, self.control, token)
 
     def start(self) -> None:

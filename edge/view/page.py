@@ -81,11 +81,11 @@ dialog button{font-size:16px;padding:4px 14px;float:right}
 <div id="lost">NO DATA FROM THE NODE: this screen is not live</div>
 <main id="tiles"></main>
 <footer><h2>Last rejects (NotOK) &mdash; click to open <span id="skipped"></span></h2><div id="strip"><span class="none">none yet</span></div></footer>
-<dialog id="big"><button id="close">close</button><div id="bigtext"></div><div class="pic" id="bigpic"></div></dialog>
+<dialog id="big"><button id="close">close</button><div id="bigtext"></div><div class="pic" id="bigpic"></div><div id="bignote"></div></dialog>
 <script>
 "use strict";
 const $ = (s, el=document) => el.querySelector(s);
-const tiles = new Map(), seenRejects = new Set();
+const tiles = new Map(), seenRejects = new Set(), rejectsByKey = new Map();
 let first = true, lastMsg = 0;
 const fmt = (x, d=2) => (x === null || x === undefined) ? "–" : Number(x).toFixed(d);
 const hms = t => t ? new Date(t * 1000).toLocaleTimeString([], {hour12:false}) : "–";
@@ -134,12 +134,18 @@ function renderTile(c) {
 function openReject(r) {
   $("#bigtext").textContent = `${r.camera} · ${hms(r.time)} · part ${r.part_id || "–"} · alert ${r.alert_seq} · score ${fmt(r.score)} / threshold ${fmt(r.threshold)} · model ${r.model_version || "–"}`;
   const pic = $("#bigpic"); pic.innerHTML = "";
-  if (r.img) { const i = el("img"); i.src = r.img; i.alt = "reject " + r.alert_seq; pic.appendChild(i); }
-  drawBoxes(pic, r.boxes);
+  r = rejectsByKey.get(r.key) || r;                    // the newest news of it: its full frame may have come since
+  const full = !!r.full, src = full ? r.full : r.img;   // the camera's whole frame when preprocess kept it
+  const shape = full && r.frame_shape ? r.frame_shape : [1, 1];
+  pic.style.aspectRatio = shape[1] + "/" + shape[0];
+  if (src) { const i = el("img"); i.src = src; i.alt = "reject " + r.alert_seq; i.dataset.kind = full ? "full" : "model"; pic.appendChild(i); }
+  drawBoxes(pic, full ? r.full_boxes : r.boxes);
+  $("#bignote").textContent = full ? r.full_note : "what the model saw (" + (r.full_note || "no full frame") + ")";
   $("#big").showModal();
 }
 function renderRejects(list) {
   const strip = $("#strip"), keep = new Set(list.map(r => r.key));
+  rejectsByKey.clear(); list.forEach(r => rejectsByKey.set(r.key, r));
   strip.querySelectorAll(".rej").forEach(e => { if (!keep.has(Number(e.dataset.key))) e.remove(); });
   if (list.length) { const none = $(".none", strip); if (none) none.remove(); }
   for (const r of list.slice().reverse()) {          // oldest first, each new one goes to the front

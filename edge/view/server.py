@@ -6,7 +6,8 @@ JPEGs, and the camera API. Served from a thread pool in the edge-run supervisor 
                                MAX_UPDATES_PER_S a second; a ": keep-alive" comment when nothing changes
     GET  /state.json           the same document once
     GET  /frame/<camera>.jpg   the camera's newest frame with its heatmap
-    GET  /reject/<n>.jpg       a part in the reject strip
+    GET  /reject/<n>.jpg       a part in the reject strip (what the model saw, with its heatmap)
+    GET  /reject/<n>/full.jpg  the same part's whole camera frame (edge/view/full_frames.py)
     GET|POST /api/v1/cameras, DELETE /api/v1/cameras/<id>    edge/view/cameras.py (token only)
 
 Why server-sent events: one-way (the page changes nothing, so nothing needs to travel back), plain
@@ -181,6 +182,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         elif m := re.fullmatch(r"/reject/(\d{1,12})\.jpg", path):
             jpeg = state.reject_jpeg(int(m.group(1)))
             self._send(200, jpeg, "image/jpeg", head=head) if jpeg else self._text(404, "no longer kept")
+        elif m := re.fullmatch(r"/reject/(\d{1,12})/full\.jpg", path):
+            jpeg = state.reject_full_jpeg(int(m.group(1)))
+            self._send(200, jpeg, "image/jpeg", head=head) if jpeg else self._text(404, "no full frame kept")
         else:
             self._text(404, "not found: try /")
 

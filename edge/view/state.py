@@ -20,6 +20,7 @@ from typing import Callable
 
 import zmq
 
+from edge.view.full_frames import decode_full, encode_request
 from edge.view.preview import decode_record
 
 log = logging.getLogger("edge.view")
@@ -57,7 +58,7 @@ class ViewState:
     ``live``; ``snapshots()``: the supervisor's merged stage snapshots (what /metrics serves)."""
 
     def __init__(self, cameras: Callable[[], list[dict]], snapshots: Callable[[], dict], node: str = "",
-                 clock=time.monotonic) -> None:
+                 clock=time.monotonic, full_frames: bool = False) -> None:
         self.cameras, self.snapshots, self.node, self.clock = cameras, snapshots, node, clock
         self.cond = threading.Condition()
         self.version = 0
@@ -74,6 +75,9 @@ class ViewState:
         self._payload: tuple[int, bytes] = (-1, b"")
         self.rejects_skipped: dict[str, int] = {}   # camera -> NotOK / NotDecidable frames the preview left out
         self.records = self.malformed = 0
+        self.full_frames = full_frames              # a local preprocess stage keeps full frames for rejects
+        self.full_images: dict[int, bytes] = {}     # reject key -> the camera frame, JPEG
+        self.full_missing = 0                       # rejects whose full frame was not to be had
 
     # -- inputs (the feed thread) --------------------------------------------------------------------
     def _changed(self) -> None:
@@ -106,16 +110,37 @@ class ViewState:
                 key = self._reject_key
                 if len(self.rejects) == self.rejects.maxlen:
                     self.reject_images.pop(self.rejects[0]["key"], None)
+                    self.full_images.pop(self.rejects[0]["key"], None)
                 self.rejects.append({
                     "key": key, "camera": camera, "alert_seq": rec.get("alert_seq"), "frame_seq": rec.get("frame_seq"),
                     "time": rec.get("published_wall") or rec.get("capture_wall"), "part_id": rec.get("part_id"),
                     "score": rec.get("score"), "threshold": rec.get("threshold"),
                     "normalised_score": rec.get("normalised_score"), "model_version": rec.get("model_version"),
                     "boxes": _boxes(rec.get("regions") or [], rec.get("roi"), rec.get("frame_shape")),
-                    "img": f"/reject/{key}.jpg" if rec.get("jpeg") else None})
+                    "img": f"/reject/{key}.jpg" if rec.get("jpeg") else None,
+                    # the camera's whole frame, once preprocess sends it (on_full); the regions on it
+                    "full": None, "full_note": "asked for" if self.full_frames else "not available (no local preprocess stage)",
+                    "full_boxes": _boxes(rec.get("regions") or [], None, rec.get("frame_shape")),
+                    "frame_shape": rec.get("frame_shape")})
                 if rec.get("jpeg"):
                     self.reject_images[key] = bytes(rec["jpeg"])
             self._changed()
+
+    def on_full(self, rec: dict) -> None:
+        """The preprocess stage's answer for a reject's full frame (edge/view/full_frames.py)."""
+        with self.cond:
+            for r in self.rejects:
+                if r["camera"] == rec["camera"] and r["frame_seq"] == rec["frame_seq"] and r["full"] is None:
+                    if rec.get("jpeg"):
+                        self.full_images[r["key"]] = bytes(rec["jpeg"])
+                        r["full"] = f"/reject/{r['key']}/full.jpg"
+                        shape = rec.get("shape") or r.get("frame_shape") or ["?", "?"]
+                        r["full_note"] = f"camera frame {shape[1]}x{shape[0]}"
+                    else:
+                        r["full_note"] = str(rec.get("reason") or "not available")
+                        self.full_missing += 1
+                    self._changed()
+                    return
 
     def on_snapshots(self, snaps: dict) -> None:
         """Counters, frames/s, p99 and drops per camera from the stages' latest snapshots."""
@@ -192,6 +217,10 @@ class ViewState:
         with self.cond:
             return self.reject_images.get(key)
 
+    def reject_full_jpeg(self, key: int) -> bytes | None:
+        with self.cond:
+            return self.full_images.get(key)
+
     def tick(self) -> None:
         """Time passes: "live" turns "stale" without any record, so the page must hear about it."""
         with self.cond:
@@ -202,8 +231,10 @@ class ViewFeed:
     """The thread that reads the alert stage's preview socket into a :class:`ViewState` and refreshes
     the metrics twice a second. Owns its SUB socket (ZeroMQ sockets stay in one thread)."""
 
-    def __init__(self, ctx: zmq.Context, preview_addr: str, state: ViewState) -> None:
+    def __init__(self, ctx: zmq.Context, preview_addr: str, state: ViewState, full_frames_addr: str = "",
+                 full_requests_addr: str = "") -> None:
         self.ctx, self.addr, self.state = ctx, preview_addr, state
+        self.full_addr, self.request_addr = full_frames_addr, full_requests_addr
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="edge-view-feed", daemon=True)
 
@@ -217,21 +248,57 @@ class ViewFeed:
         sub.setsockopt(zmq.MAXMSGSIZE, 2 << 20)
         sub.setsockopt(zmq.SUBSCRIBE, b"")
         sub.connect(self.addr)
+        poller = zmq.Poller()
+        poller.register(sub, zmq.POLLIN)
+        full = ask = None
+        if self.full_addr and self.request_addr:   # full frames of rejects from the preprocess stage
+            full = self.ctx.socket(zmq.SUB)
+            full.setsockopt(zmq.LINGER, 0)
+            full.setsockopt(zmq.RCVHWM, 8)
+            full.setsockopt(zmq.MAXMSGSIZE, 64 << 20)
+            full.setsockopt(zmq.SUBSCRIBE, b"")
+            full.connect(self.full_addr)
+            ask = self.ctx.socket(zmq.PUSH)
+            ask.setsockopt(zmq.LINGER, 0)
+            ask.setsockopt(zmq.SNDHWM, 64)
+            ask.connect(self.request_addr)
+            poller.register(full, zmq.POLLIN)
         next_metrics = 0.0
         try:
             while not self._stop.is_set():
-                if sub.poll(100):
+                ready = dict(poller.poll(100))
+                if sub in ready:
                     for _ in range(256):
                         try:
                             frames = sub.recv_multipart(zmq.NOBLOCK)
                         except zmq.Again:
                             break
                         try:
-                            self.state.on_record(decode_record(frames))
+                            rec = decode_record(frames)
+                            self.state.on_record(rec)
                         except (ValueError, KeyError, TypeError) as e:
                             self.state.malformed += 1
                             if self.state.malformed <= 5:
                                 log.warning("view: skipped a bad preview record: %s", e)
+                            continue
+                        if ask is not None and rec.get("kind") == "alert" and rec.get("verdict") == "NotOK" \
+                                and isinstance(rec.get("frame_seq"), int) and rec["frame_seq"] >= 0:
+                            try:   # never waits: a stalled preprocess stage must not stall the view
+                                ask.send(encode_request(rec["camera"], rec["frame_seq"]), zmq.NOBLOCK)
+                            except zmq.Again:
+                                pass
+                if full is not None and full in ready:
+                    for _ in range(16):
+                        try:
+                            frames = full.recv_multipart(zmq.NOBLOCK)
+                        except zmq.Again:
+                            break
+                        try:
+                            self.state.on_full(decode_full(frames))
+                        except (ValueError, KeyError, TypeError) as e:
+                            self.state.malformed += 1
+                            if self.state.malformed <= 5:
+                                log.warning("view: skipped a bad full-frame record: %s", e)
                 now = time.monotonic()
                 if now >= next_metrics:
                     next_metrics = now + METRICS_EVERY_S
@@ -242,6 +309,9 @@ class ViewFeed:
                     self.state.tick()
         finally:
             sub.close(linger=0)
+            for sock in (full, ask):
+                if sock is not None:
+                    sock.close(linger=0)
 
     def close(self) -> None:
         self._stop.set()

@@ -84,6 +84,19 @@ def test_a_notok_part_appears_in_the_reject_strip_within_a_second_and_opens_larg
     browser.screenshot(ARTEFACTS / "view-reject-open.png")
     browser.evaluate("document.querySelector('#close').click()")
     assert browser.wait_for("!document.querySelector('#big').open", 5)
+    # a reject of the cells camera opens the camera's whole frame (300x300), not the model's 224 px view
+    state = run.wait(lambda s: any(r["camera"] == "parts" and r.get("full") for r in s["rejects"]), 30,
+                     "a reject with its full frame")
+    key = next(r["key"] for r in state["rejects"] if r["camera"] == "parts" and r.get("full"))
+    assert browser.wait_for(f"!!document.querySelector('.rej[data-key=\"{key}\"]')", 10)
+    browser.evaluate(f"document.querySelector('.rej[data-key=\"{key}\"]').click()")
+    full = browser.wait_for("""(() => { const d = document.querySelector('#big'), i = d.querySelector('img');
+        return d.open && i && i.complete && i.naturalWidth > 0 ? {kind: i.dataset.kind, w: i.naturalWidth,
+            h: i.naturalHeight, note: document.querySelector('#bignote').textContent} : null; })()""", 10)
+    assert full == {"kind": "full", "w": 300, "h": 300, "note": "camera frame 300x300"}, full
+    browser.screenshot(ARTEFACTS / "view-reject-full.png")
+    browser.evaluate("document.querySelector('#close').click()")
+    assert browser.wait_for("!document.querySelector('#big').open", 5)
 
 
 def test_a_killed_camera_shows_blind_and_the_other_stays_live(line):
