@@ -5,7 +5,8 @@ The product's own code trains both variants of the patch head member on the same
 re-trained from their ImageNet weights (``tune_from_stage=3``, 6 epochs, one-cycle schedule);
 both through ``trainer.train_patch_head.fit_head``; and the re-trained one with its loss balanced
 over 8 clusters of the images' look (``balance_styles=8``, trainer/patchhead/style_balance.py). Each is also fused with the patch kNN (a random
-bank of ``--bank`` patches of the training good images; sum of robust z-scores fitted on validation
+bank of ``--bank`` patches of the training good images, or their greedy coreset with ``--coreset``, on the
+head's standardised input or, ``--knn-input raw``, the image as read; sum of robust z-scores fitted on validation
 good images, as ``trainer.hybrid``).
 
 Protocols (``--protocol``):
@@ -45,6 +46,8 @@ from bench.frozen_head import grey_resized, knn_scores, miss_at_5, random_bank, 
 from bench.report import mean_std, write_section  # noqa: E402
 from trainer.backbones import load_imagenet_weights  # noqa: E402
 from trainer.data import load_dataset, open_set_split  # noqa: E402
+from trainer.familiarity.config import FamiliarityTrainConfig  # noqa: E402
+from trainer.familiarity.coreset import k_center_greedy  # noqa: E402
 from trainer.metrics import auprc, auroc  # noqa: E402
 from trainer.patchhead import PatchHeadScorer  # noqa: E402
 from trainer.patchhead.config import PatchHeadModelConfig, PatchHeadTrainConfig  # noqa: E402
@@ -141,14 +144,18 @@ def train_variant(variant: tuple, maps: list[torch.Tensor], sp: dict, seed: int,
 
 
 def evaluate(maps, samples, sp, protocol: str, k: int, seed: int, bank: int, work: Path,
-             variants: list[str], knn_maps: list[torch.Tensor] | None = None) -> list[dict]:
+             variants: list[str], knn_maps: list[torch.Tensor] | None = None, coreset: bool = False) -> list[dict]:
     """Every member and hybrid on one split; the kNN reads ``knn_maps`` (default: the head's maps)."""
     labels = np.array([s.label for s in samples])
     y = labels[sp["test"]]
     extractor = PatchHeadScorer().features
     feats = lambda ix: extractor.combine([m[ix].float() for m in (knn_maps or maps)])  # noqa: E731
     start = time.perf_counter()
-    bank_feats = random_bank(feats(sp["fit"]), bank, seed)
+    if coreset:   # the product's memory bank: greedy k-center of up to 200,000 random candidates
+        candidates = random_bank(feats(sp["fit"]), FamiliarityTrainConfig().max_candidates, seed)
+        bank_feats = candidates[k_center_greedy(candidates, bank, seed)]
+    else:
+        bank_feats = random_bank(feats(sp["fit"]), bank, seed)
     knn = {part: knn_scores(bank_feats, feats(sp[part])).numpy() for part in ("val", "test", "demo") if sp[part]}
     seconds = {"knn": time.perf_counter() - start}
     members = {"knn": knn}
@@ -206,8 +213,8 @@ def write_docs(rows: list[dict], args) -> None:
                   f"{args.size} px)\n\nWritten by `bench/tuned_head.py` (its docstring says what runs). "
                   f"head_frozen: the patch head on the frozen backbone; head_tuned: stages 3-4 re-trained "
                   f"with it (`--tune-from-stage 3`); head_tuned_balanced: the same with the loss balanced over 8 "
-                  f"clusters of the cells' look (`--balance-styles 8`); hybrid_*: + the patch kNN (random bank "
-                  f"of {args.bank} patches, {args.knn_input} input), sum of robust z-scores. Seconds on a shared machine (load average "
+                  f"clusters of the cells' look (`--balance-styles 8`); hybrid_*: + the patch kNN ("
+                  f"{'coreset' if args.coreset else 'random sample'} of {args.bank} patches, {args.knn_input} input), sum of robust z-scores. Seconds on a shared machine (load average "
                   f"{load:.1f} when written): indicative only.\n\n{table(rows)}\n")
 
 
@@ -220,6 +227,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--size", type=int, default=224)
     p.add_argument("--bank", type=int, default=4096, help="random kNN bank size in patches (default 4096)")
+    p.add_argument("--coreset", action="store_true",
+                   help="choose the kNN bank by greedy k-center coreset, as edge-train familiarity does "
+                        "(default: a random sample)")
     p.add_argument("--knn-input", choices=["standardised", "raw"], default="standardised",
                    help="the kNN member's input: standardised per image like the head's (default) or as read; "
                         "raw costs a second backbone pass in a deployed hybrid")
@@ -240,13 +250,13 @@ def main(argv: list[str] | None = None) -> int:
     for k in (args.k if args.protocol == "dra" else [0]):
         for seed in args.seeds:
             for r in evaluate(maps, samples, splits(args.protocol, dataset, samples, k, seed), args.protocol, k,
-                              seed, args.bank, work, args.variants, knn_maps):
+                              seed, args.bank, work, args.variants, knn_maps, args.coreset):
                 rows.append(r)
                 print(json.dumps(r), flush=True)
             # partial results survive an interrupted run: the JSON and the docs table after every seed
             out_json.parent.mkdir(parents=True, exist_ok=True)
             out_json.write_text(json.dumps({"data": Path(args.data).name, "size": args.size, "bank": args.bank,
-                                            "knn_input": args.knn_input, "rows": rows}, indent=1) + "\n")
+                                            "knn_input": args.knn_input, "coreset": args.coreset, "rows": rows}, indent=1) + "\n")
             if not args.no_docs:
                 write_docs(rows, args)
     print(table(rows))

@@ -62,10 +62,10 @@ def test_tuned_head_bench_knn_on_raw_input(tmp_path):
     from bench import tuned_head
     out = tmp_path / "rows.json"
     assert tuned_head.main(["--data", str(SAMPLE), "--protocol", "dra", "--k", "2", "--seeds", "0", "--size", "64",
-                            "--bank", "128", "--variants", "frozen", "--knn-input", "raw",
+                            "--bank", "128", "--variants", "frozen", "--knn-input", "raw", "--coreset",
                             "--work", str(tmp_path / "cache"), "--json", str(out), "--no-docs"]) == 0
     doc = json.loads(out.read_text())
-    assert doc["knn_input"] == "raw"
+    assert doc["knn_input"] == "raw" and doc["coreset"] is True
     assert [r["member"] for r in doc["rows"]] == ["knn", "head_frozen", "hybrid_frozen"]
     cache = tmp_path / "cache" / SAMPLE.name
     raw, std = np.load(cache / "maps_64_raw_s2.npy"), np.load(cache / "maps_64_s2.npy")
