@@ -233,8 +233,9 @@ def pct(values, q: float) -> float | None:
 
 
 # -- the bare backend ----------------------------------------------------------------------------
-def bare_worker(folder: Path, batch: int, frames: int, warmup: int) -> dict:
-    """Runs in its own process (fresh interpreter, like the score stage)."""
+def bare_worker(folder: Path, batch: int, frames: int, warmup: int, pace_s: float = 0.0) -> dict:
+    """Runs in its own process (fresh interpreter, like the score stage). ``pace_s`` > 0: one call
+    every ``pace_s`` seconds (a camera's pace: the engine idles between calls, as in a paced line)."""
     import cv2
 
     from edge.backends import open_backend
@@ -273,6 +274,8 @@ def bare_worker(folder: Path, batch: int, frames: int, warmup: int) -> dict:
     threads0 = thread_cpu()
     cpu0, t0 = os.times(), time.perf_counter()
     for start in range(0, len(sequence), batch):
+        if pace_s > 0:   # wait for this call's tick
+            time.sleep(max(0.0, t0 + (start // batch) * pace_s - time.perf_counter()))
         inputs = np.stack(sequence[start:start + batch])
         t = time.perf_counter()
         backend.infer(inputs.astype(np.float32) * scale)        # what ScoreStage.score times as infer_ms
@@ -287,7 +290,7 @@ def bare_worker(folder: Path, batch: int, frames: int, warmup: int) -> dict:
         spinning = opts.get_session_config_entry("session.intra_op.allow_spinning")
     except Exception:  # noqa: BLE001 (not set: ONNX Runtime's default, spinning on)
         spinning = "default (1)"
-    return {"batch": batch, "frames": len(sequence), "distinct_images": len(cache), "elapsed_s": elapsed,
+    return {"batch": batch, "pace_s": pace_s, "frames": len(sequence), "distinct_images": len(cache), "elapsed_s": elapsed,
             "frames_per_s": len(sequence) / elapsed, "calls": len(lat),
             "call_ms_p50": 1e3 * pct(lat, 50), "call_ms_p99": 1e3 * pct(lat, 99),
             "call_ms_mean": 1e3 * float(np.mean(lat)), "call_ms_min": 1e3 * float(np.min(lat)),
@@ -300,8 +303,8 @@ def bare_worker(folder: Path, batch: int, frames: int, warmup: int) -> dict:
             "other_threads_cpu_ms_per_frame": other_ms, "png_decode_ms_per_image": decode_ms}
 
 
-def run_bare(folder: Path, batch: int, frames: int, env: dict | None = None) -> dict:
-    cmd = [sys.executable, str(Path(__file__).resolve()), "_bare", str(folder), str(batch), str(frames)]
+def run_bare(folder: Path, batch: int, frames: int, env: dict | None = None, pace_s: float = 0.0) -> dict:
+    cmd = [sys.executable, str(Path(__file__).resolve()), "_bare", str(folder), str(batch), str(frames), str(pace_s)]
     with Noise() as noise:
         r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env, timeout=900)
     if r.returncode != 0:
@@ -963,9 +966,10 @@ def reading(doc: dict) -> list[str]:
 
 
 def main() -> None:
-    if len(sys.argv) > 1 and sys.argv[1] == "_bare":   # worker: python pipeline_bench.py _bare FOLDER B N
+    if len(sys.argv) > 1 and sys.argv[1] == "_bare":   # worker: python pipeline_bench.py _bare FOLDER B N [PACE_S]
         folder, batch, frames = Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
-        print(json.dumps(bare_worker(folder, batch, frames, warmup=5)))
+        pace_s = float(sys.argv[5]) if len(sys.argv) > 5 else 0.0
+        print(json.dumps(bare_worker(folder, batch, frames, warmup=5, pace_s=pace_s)))
         return
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--frames", type=int, default=4000, help="frames per throughput run (default: ~20-30 s each)")

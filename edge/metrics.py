@@ -61,6 +61,12 @@ HELP = {
     CAPTURE_TO_ALERT: "Milliseconds from frame capture to alert publication.",
     "preprocess_ms": "Milliseconds spent preprocessing one frame.",
     "batch_wait_ms": "Milliseconds the oldest frame of an engine batch waited in the score stage's batcher.",
+    # where capture -> alert latency goes: a frame's age (since capture) at each point it passes
+    "age_preprocess_ms": "Milliseconds from a frame's capture to its arrival in the preprocess stage.",
+    "age_score_ms": "Milliseconds from a frame's capture to its arrival in the score stage.",
+    "age_engine_start_ms": "Milliseconds from a frame's capture to the start of its engine call.",
+    "age_engine_end_ms": "Milliseconds from a frame's capture to the end of its engine call.",
+    "age_alert_ms": "Milliseconds from a frame's capture to its arrival in the alert stage.",
 }
 
 

@@ -464,6 +464,26 @@ def frame_accounts(snapshots: dict[str, dict], capture_restarted: bool = False) 
     return out
 
 
+# Where capture -> alert time goes: a frame's age since capture as it passes each point
+AGE_POINTS = (("preprocess", "age_preprocess_ms", "arrived in preprocess"),
+              ("score", "age_score_ms", "arrived in score"),
+              ("score", "age_engine_start_ms", "engine call started"),
+              ("score", "age_engine_end_ms", "engine call ended"),
+              ("alert", "age_alert_ms", "arrived in alert"),
+              ("alert", "latency_ms", "alert published"))
+
+
+def latency_breakdown(snapshots: dict[str, dict]) -> dict:
+    """{point: {"p50", "p99"}} of a frame's age since capture at each point (all cameras), in
+    pipeline order; points no stage reported are left out."""
+    out = {}
+    for stage, name, point in AGE_POINTS:
+        q = ((snapshots.get(stage) or {}).get("latency_ms", {}).get(name, {}) or {}).get("")
+        if q:
+            out[point] = {"p50": q.get("p50"), "p99": q.get("p99")}
+    return out
+
+
 def run_summary(snapshots: dict[str, dict], elapsed_s: float, restarted: set[str] = frozenset()) -> dict:
     """The end-of-run figures: frames, verdicts, drops, frames/s, capture->alert latency."""
     alert = snapshots.get("alert")
@@ -486,6 +506,7 @@ def run_summary(snapshots: dict[str, dict], elapsed_s: float, restarted: set[str
         if elapsed_s > 0 else None,
         "latency_ms_p50": latency.get("p50"),
         "latency_ms_p99": latency.get("p99"),
+        "latency_breakdown_ms": latency_breakdown(snapshots),
     }
     # Refused peers, counted by every stage with a CURVE server socket (docs/security.md)
     out["curve_refused"] = sum(_total(snap, "curve_refused") for snap in snapshots.values())

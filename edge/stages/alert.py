@@ -283,8 +283,10 @@ class AlertStage(Stage):
         if not items:
             return
         pixels, scores, maps = arrays
+        now = time.monotonic()
         for i, item in enumerate(items):
             self.metrics.inc("frames_in", item["camera"])
+            self.metrics.observe("age_alert_ms", (now - item["mono"]) * 1e3)
             self.judge(item, pixels[i], float(scores[i]), maps[i].reshape(maps[i].shape[-2:]))
 
     def run(self) -> None:

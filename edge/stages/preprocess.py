@@ -98,6 +98,7 @@ class PreprocessStage(Stage):
         item = {"camera": camera, "seq": seq, "mono": float(field(header, "mono", (int, float))),
                 "wall": float(field(header, "wall", (int, float))), "roi": source_roi(header) or self.rois.get(camera),
                 "part_id": field(header, "part_id", (str, type(None)))}   # travels on to the alert
+        self.metrics.observe("age_preprocess_ms", (time.monotonic() - item["mono"]) * 1e3)
         pixel_format = field(header, "pixel_format", str)
         try:
             frame, ring_slot = self.pixels(header, arrays)

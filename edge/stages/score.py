@@ -71,8 +71,10 @@ class ScoreStage(Stage):
         already waiting when the stage came back from the engine."""
         for message in messages:
             items, pixels, rejects, controls = self.collect([message])
+            now = time.monotonic()
             for item in items:
                 self.metrics.inc("frames_in", item["camera"])
+                self.metrics.observe("age_score_ms", (now - item["mono"]) * 1e3)
             if rejects:
                 self.send_control(self.out, {"kind": "scored", "items": [], "rejects": rejects})
             self.batcher.add(items, pixels, time.monotonic(), queued=queued)
@@ -99,6 +101,7 @@ class ScoreStage(Stage):
 
     def score(self, items: list, pixels: list) -> None:
         inputs = np.stack(pixels)
+        self.observe_ages("age_engine_start_ms", items)
         t0 = time.perf_counter()
         try:
             out = self.backend.infer(to_engine_input(inputs))
@@ -110,6 +113,7 @@ class ScoreStage(Stage):
             return
         infer_ms = (time.perf_counter() - t0) * 1e3
         self.metrics.observe("infer_ms", infer_ms)
+        self.observe_ages("age_engine_end_ms", items)
         score = np.ascontiguousarray(out["score"], dtype=np.float32).reshape(len(items))
         heatmap = np.ascontiguousarray(out["anomaly_map"], dtype=np.float32)
         frames = pack({"kind": "scored", "items": items, "rejects": [], "infer_ms": infer_ms},
@@ -119,6 +123,12 @@ class ScoreStage(Stage):
         self.send(self.out, frames, blocking=True)
         for item in items:
             self.metrics.inc("frames_out", item["camera"])
+
+    def observe_ages(self, name: str, items: list) -> None:
+        """Each frame's age since capture at this point (where the capture -> alert time goes)."""
+        now = time.monotonic()
+        for item in items:
+            self.metrics.observe(name, (now - item["mono"]) * 1e3)
 
     def run(self) -> None:
         self.report(force=True, ready=True)

@@ -133,6 +133,14 @@ def test_every_frame_gets_the_bare_backends_verdict_and_none_is_lost(tmp_path, r
     assert summary["frames_captured"] == summary["frames_judged"] == len(expected)
     assert summary["dropped"] == {} and summary["malformed"] == {}
     assert summary["latency_ms_p99"] > 0 and "frames judged" in run.output
+    # where the latency goes: every frame passes the points in order, so each quantile of its age grows
+    ages = summary["latency_breakdown_ms"]
+    assert list(ages) == ["arrived in preprocess", "arrived in score", "engine call started", "engine call ended",
+                          "arrived in alert", "alert published"]
+    for q in ("p50", "p99"):
+        seq = [ages[p][q] for p in ages]
+        assert all(0 < a <= b for a, b in zip(seq, seq[1:])), (q, ages)
+    assert ages["alert published"] == {"p50": summary["latency_ms_p50"], "p99": summary["latency_ms_p99"]}
     assert summary["stage_mode"] == stage_mode
     assert len(set(summary["stage_pids"].values())) == (4 if stage_mode == "processes" else 1)
     assert not list(SHM_DIR.glob(f"edge-inspect-{summary['stage_pids']['capture']}-*")), "frame rings left behind"
