@@ -8,12 +8,14 @@ and loses nothing. Tests that take ``stage_mode`` run twice: stages as processes
 """
 import json
 import os
+import re
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import cv2
@@ -161,11 +163,25 @@ def test_two_cameras_at_once_each_get_their_own_verdicts(tmp_path, reference, st
     assert summary["frames_judged"] == 11
 
 
+def malformed_on_metrics(port: int) -> dict[str, float]:
+    """stage -> malformed messages counted, read from edge-run's /metrics ({} while not serving)."""
+    try:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
+    except OSError:
+        return {}
+    counted: dict[str, float] = {}
+    for stage, value in re.findall(r'^edge_malformed_total\{[^}]*stage="(\w+)"[^}]*\} (\S+)$', text, re.M):
+        counted[stage] = counted.get(stage, 0) + float(value)
+    return counted
+
+
 def test_malformed_messages_into_every_stage_are_counted_and_the_run_goes_on(tmp_path, reference, stage_mode):
     ports = {hop: free_port() for hop in ("frames", "batches", "scored")}
     args = [f"--{hop}-addr=tcp://127.0.0.1:{p}" for hop, p in ports.items()]
+    metrics_port = free_port()
     run = Run(tmp_path, "--source", str(IMAGES), "--no-drop", "--threshold", str(reference["threshold"]), *args,
-              "--wait-subscribers", "1", subscribe=False, mode=stage_mode)   # held until we listen: garbage first
+              "--metrics-port", str(metrics_port), "--wait-subscribers", "1",
+              subscribe=False, mode=stage_mode)   # held until we listen: garbage first
     ctx = zmq.Context()
     bad = [
         [b"\x00garbage"],
@@ -186,8 +202,15 @@ def test_malformed_messages_into_every_stage_are_counted_and_the_run_goes_on(tmp
         for _ in range(5):
             for msg in bad:
                 s.send_multipart(msg)
-    time.sleep(0.5)
+    # until preprocess and score have counted their garbage (a stage still loading binds late; under
+    # load 0.5 s was not always enough; the alert stage reads nothing until it has a subscriber),
     # then listen, which releases the frames
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and run.proc.poll() is None:
+        counted = malformed_on_metrics(metrics_port)
+        if all(counted.get(stage, 0) >= 5 * len(bad) for stage in ("preprocess", "score")):
+            break
+        time.sleep(0.2)
     sub = AlertSubscriber([run.alerts_addr])
     run.sub = sub
     summary = run.finish()
