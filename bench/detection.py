@@ -110,7 +110,8 @@ def replace_row(results: list, row: dict) -> None:
     results[:] = [r for r in results if tuple(r[f] for f in ("data", "k", "seed", "row")) != key] + [row]
 
 
-def run_dataset(name: str, seeds, lamp_seeds, twohead_seeds, twohead_ks, ks, results: list, save) -> None:
+def run_dataset(name: str, seeds, lamp_seeds, twohead_seeds, twohead_ks, ks, results: list, save,
+                augmentations=("saliencycut",)) -> None:
     data = DATA[name]
     dataset = load_dataset(data)
     base = ["--data", str(data), "--size", str(SIZE)]
@@ -130,7 +131,7 @@ def run_dataset(name: str, seeds, lamp_seeds, twohead_seeds, twohead_ks, ks, res
             split = open_set_split(dataset, k, seed, 0.25)
             test = {s.path.relative_to(dataset.root).as_posix() for s in split.test}
             for row, (run, metrics) in label_free.items():
-                results.append({"data": name, "k": k, "seed": seed, "row": row, **image_row(*scores_on(run, test)),
+                replace_row(results, {"data": name, "k": k, "seed": seed, "row": row, **image_row(*scores_on(run, test)),
                                 **({"pixel_k0_test": pixel_of(metrics)} if pixel_of(metrics) else {}),
                                 "train_seconds": metrics.get("train", {}).get("seconds")})
             if seed in twohead_seeds and k in twohead_ks:
@@ -139,22 +140,24 @@ def run_dataset(name: str, seeds, lamp_seeds, twohead_seeds, twohead_ks, ks, res
                 small = ["--data", str(data), "--size", str(TWOHEAD_SIZE), "--seed", str(seed)]
                 knn = d / f"patch_knn_{TWOHEAD_SIZE}"
                 m = train(["familiarity", *small, "--k", "0"], knn)
-                results.append({"data": name, "k": k, "seed": seed, "row": f"patch_knn_{TWOHEAD_SIZE}",
+                replace_row(results, {"data": name, "k": k, "seed": seed, "row": f"patch_knn_{TWOHEAD_SIZE}",
                                 **image_row(*scores_on(knn, test)), "train_seconds": m["train"]["seconds"]})
-                sc = d / f"two_head_k{k}"
-                m = train(["scorer", *small, "--k", str(k)], sc)
-                results.append({"data": name, "k": k, "seed": seed, "row": "two_head",
-                                **image_row(*scores_on(sc, test)), "train_seconds": m["train"]["seconds"]})
-                for rule in ("sum", "max"):
-                    hy = d / f"hybrid_knn_twohead_k{k}_{rule}"
-                    m = train(["hybrid", "--familiarity", str(knn), "--scorer", str(sc), "--fusion", rule], hy)
-                    results.append({"data": name, "k": k, "seed": seed, "row": f"hybrid_knn_twohead_{rule}",
-                                    **image_row(*scores_on(hy, test)),
-                                    **({"pixel": pixel_of(m)} if pixel_of(m) else {})})
+                for aug in augmentations:   # SaliencyCut (the product's default) and DRA's CutPaste
+                    tag = "" if aug == "saliencycut" else f"_{aug}"
+                    sc = d / f"two_head{tag}_k{k}"
+                    m = train(["scorer", *small, "--k", str(k), "--augmentation", aug], sc)
+                    replace_row(results, {"data": name, "k": k, "seed": seed, "row": f"two_head{tag}",
+                                          **image_row(*scores_on(sc, test)), "train_seconds": m["train"]["seconds"]})
+                    for rule in ("sum", "max") if aug == "saliencycut" else ("sum",):
+                        hy = d / f"hybrid_knn_twohead{tag}_k{k}_{rule}"
+                        m = train(["hybrid", "--familiarity", str(knn), "--scorer", str(sc), "--fusion", rule], hy)
+                        replace_row(results, {"data": name, "k": k, "seed": seed,
+                                              "row": f"hybrid_knn_twohead{tag}_{rule}", **image_row(*scores_on(hy, test)),
+                                              **({"pixel": pixel_of(m)} if pixel_of(m) else {})})
             save()
     for k in ks:
         for row in floors.evaluate(dataset, k, seeds):
-            results.append({"data": name, "k": k, "seed": row["seed"], "row": f"floor_{row['method']}",
+            replace_row(results, {"data": name, "k": k, "seed": row["seed"], "row": f"floor_{row['method']}",
                             "auroc": row["auroc"], "auprc": row["auprc"]})
     save()
 
@@ -164,6 +167,8 @@ ROW_NAMES = {
     "lamp": "LAMP autoencoder alone (exp a=10, 10 epochs)", "patch_knn": "familiarity: patch kNN on Lite0 (no labels)",
     "patch_knn_160": "familiarity: patch kNN on Lite0, 160 px", "two_head": "two-head + SaliencyCut on Lite0, 160 px",
     "hybrid_knn_lamp_sum": "hybrid patch kNN + LAMP (sum)", "hybrid_knn_lamp_max": "hybrid patch kNN + LAMP (max)",
+    "two_head_cutpaste": "two-head + CutPaste (DRA-style) on Lite0, 160 px",
+    "hybrid_knn_twohead_cutpaste_sum": "hybrid patch kNN + two-head CutPaste, 160 px (sum)",
     "hybrid_knn_twohead_sum": "hybrid patch kNN + two-head, 160 px (sum)",
     "hybrid_knn_twohead_max": "hybrid patch kNN + two-head, 160 px (max)",
     "patch_knn_std": "familiarity: patch kNN, input standardised (no labels)",
@@ -224,6 +229,9 @@ def main(argv=None) -> int:
     p.add_argument("--ks", nargs="+", type=int, default=[10, 1])
     p.add_argument("--threads", type=int, default=2, help="torch threads per training run (1 beside other work)")
     p.add_argument("--head-seeds", nargs="*", type=int, default=[0, 1, 2], help="seeds of the patch head rows")
+    p.add_argument("--twohead-augmentations", nargs="+", default=["saliencycut"], choices=["saliencycut", "cutpaste"],
+                   help="pseudo-defect generators of the two-head rows (cutpaste: DRA's baseline)")
+    p.add_argument("--fresh", action="store_true", help="start docs/bench/detection.json over instead of merging into it")
     p.add_argument("--only-head", action="store_true",
                    help="run only the patch head rows, keeping the other rows of docs/bench/detection.json")
     args = p.parse_args(argv)
@@ -231,7 +239,8 @@ def main(argv=None) -> int:
     THREADS = args.threads
     if "sdd" in args.data and not (DATA["sdd"] / ".prepared.json").exists():
         subprocess.run([sys.executable, str(ROOT / "bench" / "prepare_sdd.py"), "--out", str(DATA["sdd"])], check=True)
-    results: list = json.loads(JSON_OUT.read_text()) if args.only_head and JSON_OUT.exists() else []
+    # rows are merged into the existing JSON by (data, k, seed, row): a run adds or replaces its rows
+    results: list = json.loads(JSON_OUT.read_text()) if JSON_OUT.exists() and not args.fresh else []
 
     def save():
         JSON_OUT.parent.mkdir(parents=True, exist_ok=True)
@@ -245,7 +254,7 @@ def main(argv=None) -> int:
         ks = args.twohead_k if args.twohead_only is None else \
             [int(pair.split(":")[1]) for pair in args.twohead_only if pair.split(":")[0] == name]
         run_dataset(name, args.seeds, args.lamp_seeds, args.twohead_seeds if name in args.twohead_data else [],
-                    ks, args.ks, results, save)
+                    ks, args.ks, results, save, args.twohead_augmentations)
         run_head_rows(name, args.head_seeds, args.ks, results, save)
     print(table(results))
     return 0
