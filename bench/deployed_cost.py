@@ -42,38 +42,43 @@ def memory_banks(onnx_file: Path) -> dict[str, tuple[int, int]]:
     return {i.name: tuple(i.dims) for i in model.graph.initializer if i.name.endswith("memory_bank")}
 
 
+def describe(onnx_file: Path, manifest: dict, shape) -> str:
+    members = manifest.get("output_meaning", {}).get("member_scores", "").partition("members in order: ")[2]
+    banks = memory_banks(onnx_file)
+    bank_text = (", ".join(f"{n}: {r} x {c}" for n, (r, c) in banks.items()) + " patch features"
+                 if banks else "none (no familiarity member)")
+    name = onnx_file.relative_to(ROOT) if onnx_file.is_relative_to(ROOT) else onnx_file
+    return (f"`{name}` ({manifest['model_kind']}, {manifest['model_version']}; members: {members or 'one'}), "
+            f"input {shape}, ONNX {onnx_file.stat().st_size / 1e6:.1f} MB; memory bank {bank_text}")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--onnx", type=Path, default=ROOT / "edge" / "bundled" / "model.onnx")
+    p.add_argument("--onnx", type=Path, nargs="+", default=[ROOT / "edge" / "bundled" / "model.onnx"],
+                   help="one or more exported models, measured side by side (interleaved in every round)")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--calls", type=int, default=40)
     p.add_argument("--note", default="quiet machine (nothing else running)")
     args = p.parse_args(argv)
-    backend = open_backend(args.onnx)
-    manifest = json.loads(args.onnx.with_name(args.onnx.name + ".manifest.json").read_text())
-    shape = manifest["input"]["shape"][1:]
-    samples = {1: [], 8: []}
+    models = []
+    for onnx_file in args.onnx:
+        manifest = json.loads(onnx_file.with_name(onnx_file.name + ".manifest.json").read_text())
+        models.append((onnx_file, open_backend(onnx_file), manifest, manifest["input"]["shape"][1:]))
+    samples = {(i, b): [] for i in range(len(models)) for b in (1, 8)}
     for _ in range(args.rounds):
-        for b in samples:
-            samples[b] += measure(backend, shape, b, args.calls if b == 1 else max(args.calls // 4, 5))
-    rows = []
-    for b, t in samples.items():
+        for (i, b), t in samples.items():
+            t += measure(models[i][1], models[i][3], b, args.calls if b == 1 else max(args.calls // 4, 5))
+    md = ["## Deployed model cost on this CPU (`bench/deployed_cost.py`)\n",
+          f"ONNX Runtime CPU through the edge backend, {os.cpu_count()} cores, {args.rounds} rounds, the models "
+          f"interleaved in each round; {args.note}.\n"]
+    md += [f"- model {i + 1}: {describe(f, m, shape)}" for i, (f, _, m, shape) in enumerate(models)]
+    md += ["", "| model | batch | frames/s (median) | p50 ms | p99 ms |", "|---|---|---|---|---|"]
+    for (i, b), t in samples.items():
         t = np.array(t)
-        rows.append({"batch": b, "p50_ms": float(np.median(t) * 1e3), "p99_ms": float(np.quantile(t, 0.99) * 1e3),
-                     "frames_per_s": float(b / np.median(t))})
-        print(rows[-1])
-    size_mb = args.onnx.stat().st_size / 1e6
-    members = manifest.get("output_meaning", {}).get("member_scores", "").partition("members in order: ")[2]
-    banks = memory_banks(args.onnx)
-    bank_text = (", ".join(f"{n}: {r} x {c}" for n, (r, c) in banks.items()) + " patch features"
-                 if banks else "none (no familiarity member)")
-    md = [f"## Deployed model cost on this CPU (`bench/deployed_cost.py`)\n",
-          f"Model `{args.onnx.relative_to(ROOT) if args.onnx.is_relative_to(ROOT) else args.onnx}` "
-          f"({manifest['model_kind']}, {manifest['model_version']}; members: {members or 'one'}), input {shape}, "
-          f"ONNX {size_mb:.1f} MB; memory bank {bank_text}; "
-          f"ONNX Runtime CPU through the edge backend, {os.cpu_count()} cores, {args.rounds} rounds interleaved; "
-          f"{args.note}.\n", "| batch | frames/s (median) | p50 ms | p99 ms |", "|---|---|---|---|"]
-    md += [f"| {r['batch']} | {r['frames_per_s']:.1f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} |" for r in rows]
+        row = {"model": i + 1, "batch": b, "p50_ms": float(np.median(t) * 1e3),
+               "p99_ms": float(np.quantile(t, 0.99) * 1e3), "frames_per_s": float(b / np.median(t))}
+        print(row)
+        md.append(f"| {i + 1} | {b} | {row['frames_per_s']:.1f} | {row['p50_ms']:.1f} | {row['p99_ms']:.1f} |")
     write_section("deployed_cost", "\n".join(md))
     return 0
 
