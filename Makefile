@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install broker chromium demo demo-plc train-demo bundled-model test sdd-data bench-floors bench-detection bench-ae bench-twohead bench-runtime bench-pipeline bench-stage-modes bench-view clean
+.PHONY: install broker chromium demo demo-plc train-demo bundled-model test sdd-data bench-floors bench-detection bench-ae bench-twohead bench-runtime bench-pipeline bench-latency bench-stage-modes bench-view clean
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -119,6 +119,11 @@ bench-pipeline: $(STAMP)
 	@$(BIN)/python -c 'import imagezmq' 2>/dev/null || \
 		$(BIN)/pip install --quiet --disable-pip-version-check -e '.[bench]'
 	$(BIN)/python bench/pipeline_bench.py
+
+# Where a paced frame's capture -> alert time goes: a bare batch-1 call back to back and at the camera's pace, and
+# edge-run at 10 frames/s in both stage modes with each frame's age at every stage. ~6 min; quiet machine.
+bench-latency: $(STAMP)
+	$(BIN)/python bench/latency_breakdown.py
 
 # edge-run --stage-mode processes vs. threads: CPU per frame per stage at 10 frames/s, and 1/2/4/8 simulated
 # cameras at 10 frames/s each sharing one engine (aggregate frames/s, per-camera p99). ~6 min on 2 cores.
