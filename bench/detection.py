@@ -187,7 +187,7 @@ def table(results: list) -> str:
                       "| model | seeds | image AUROC | image AUPRC | miss rate at 5% false alarms | pixel AUROC | PRO | train s (median) |",
                       "|---|---|---|---|---|---|---|---|"]
             for key, label in ROW_NAMES.items():
-                sel = [r for r in rows if r["row"] == key]
+                sel = sorted((r for r in rows if r["row"] == key), key=lambda r: r["seed"])
                 if not sel:
                     continue
                 px = [r.get("pixel") or r.get("pixel_k0_test") for r in sel]
