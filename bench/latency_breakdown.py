@@ -22,25 +22,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from pipeline_bench import ROOT, fmt, make_folder, run_bare, run_pipeline, wait_for_quiet  # noqa: E402
+from pipeline_bench import ROOT, fmt, make_folder, med, run_bare, run_pipeline, wait_for_quiet  # noqa: E402
 from report import write_section  # noqa: E402
 
-sys.path.insert(0, str(ROOT))
-from edge.run import AGE_POINTS  # noqa: E402
+from edge.run import AGE_POINTS  # noqa: E402   (pipeline_bench put the repository root on sys.path)
 
 POINTS = [point for _, _, point in AGE_POINTS]   # edge-run's summary: latency_breakdown_ms, in pipeline order
-
-
-def med(values):
-    values = [v for v in values if v is not None]
-    return statistics.median(values) if values else None
 
 
 def paced_run(paced: Path, args, tmp: Path, r: int, mode: str):

@@ -77,7 +77,7 @@ class ScoreStage(Stage):
                 self.metrics.observe("age_score_ms", (now - item["mono"]) * 1e3)
             if rejects:
                 self.send_control(self.out, {"kind": "scored", "items": [], "rejects": rejects})
-            self.batcher.add(items, pixels, time.monotonic(), queued=queued)
+            self.batcher.add(items, pixels, now, queued=queued)
             for header in controls:
                 self.score_due(flush=True)
                 if header["kind"] == "eos":
