@@ -151,15 +151,21 @@ def test_a_paced_stream_is_not_held_beyond_the_deadline(tmp_path):
 
 
 def test_a_backlog_in_drop_mode_scores_the_newest_and_accounts_for_every_frame(tmp_path):
-    h = ScoreHarness(tmp_path, max_batch=4, no_drop=False, max_queue_delay_ms=5)
+    # A long deadline: a partial batch could only go after a second of silence. How the backlog
+    # splits into batches depends on how much of it ZeroMQ's I/O thread has moved when the stage
+    # first reads (CI once saw a partial batch with a 5 ms deadline), so only what the policy
+    # guarantees is asserted: never more than max_batch, the newest kept, in order, all accounted.
+    h = ScoreHarness(tmp_path, max_batch=4, no_drop=False, max_queue_delay_ms=1000)
     for seq in range(0, 40, 2):   # queued before the stage runs: a backlog of 40 frames
         h.send([seq, seq + 1])
+    time.sleep(0.5)               # let the backlog reach the stage's socket
     h.thread.start()
     h.collect(4, timeout=30)
     time.sleep(1.0)
     h.collect(40, timeout=0.5)
     counters = h.finish()
     scored = [i["seq"] for _, hd in h.received for i in hd["items"]]
-    assert all(len(hd["items"]) == 4 for _, hd in h.received)
+    assert all(1 <= len(hd["items"]) <= 4 for _, hd in h.received)
     assert scored == sorted(scored) and scored[-1] == 39               # newest kept, order kept
+    assert counters["dropped"]["cam0"] > 0                             # behind: the older frames go
     assert counters["frames_in"]["cam0"] == counters["frames_out"]["cam0"] + counters["dropped"]["cam0"] == 40
