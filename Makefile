@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed-stamp
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[train,dev,plc]'
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[train,dev,plc,backbones]'
 	touch $(STAMP)
 
 install: $(STAMP)

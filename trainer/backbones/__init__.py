@@ -1,7 +1,9 @@
 """Pretrained feature extractors shared by the detectors."""
-from trainer.backbones.efficientnet_lite import (STAGE_CHANNELS, STAGE_STRIDES, EfficientNetLite0,
-                                                 load_imagenet_weights, normalize_for_lite, pretrained_lite0,
-                                                 to_three_channels)
+from trainer.backbones.efficientnet_lite import (STAGE_CHANNELS, STAGE_STRIDES, VARIANTS, EfficientNetLite,
+                                                 EfficientNetLite0, load_imagenet_weights, normalize_for_lite,
+                                                 pretrained_lite, pretrained_lite0, stage_channels,
+                                                 to_three_channels, weights_description)
 
-__all__ = ["EfficientNetLite0", "STAGE_CHANNELS", "STAGE_STRIDES", "load_imagenet_weights",
-           "normalize_for_lite", "pretrained_lite0", "to_three_channels"]
+__all__ = ["EfficientNetLite", "EfficientNetLite0", "STAGE_CHANNELS", "STAGE_STRIDES", "VARIANTS",
+           "load_imagenet_weights", "normalize_for_lite", "pretrained_lite", "pretrained_lite0", "stage_channels",
+           "to_three_channels", "weights_description"]

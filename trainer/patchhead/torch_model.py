@@ -47,14 +47,14 @@ class PatchHeadScorer(nn.Module):
 
     def __init__(self, in_channels: int = 1, stages: tuple[int, ...] = DEFAULT_STAGES, pool_size: int = 3,
                  standardize: bool = True, hidden: int = 64, top_patches: int = 8, blur_sigma: float = 4.0,
-                 tune_from_stage: int | None = None) -> None:
+                 tune_from_stage: int | None = None, backbone: str = "lite0") -> None:
         super().__init__()
         if in_channels not in (1, 3):
             raise ValueError(f"in_channels must be 1 or 3, got {in_channels}")
         if hidden < 1 or top_patches < 1:
             raise ValueError(f"hidden and top_patches must be >= 1, got {hidden}, {top_patches}")
         self.in_channels, self.top_patches = in_channels, top_patches
-        self.features = PatchFeatureExtractor(tuple(stages), pool_size, standardize)
+        self.features = PatchFeatureExtractor(tuple(stages), pool_size, standardize, backbone)
         d = self.features.dim
         self.register_buffer("feature_mean", torch.zeros(1, d, 1, 1))
         self.register_buffer("feature_sd", torch.ones(1, d, 1, 1))
