@@ -33,6 +33,17 @@ def test_coreset_is_deterministic_and_covers_better_than_random():
     assert torch.equal(k_center_greedy(x[:10], 64), torch.arange(10))  # fewer points than asked: all of them
 
 
+def test_coreset_picks_the_farthest_point_each_time():
+    # the greedy k-center rule itself, in float64 with exact distances (no projection: D <= projection_dim)
+    x = torch.randn(500, 16, generator=torch.Generator().manual_seed(5))
+    picked = k_center_greedy(x, 40, seed=1, projection_dim=16)
+    xd = x.double()
+    nearest = torch.cdist(xd, xd[picked[:1]]).squeeze(1)
+    for i in range(1, 40):
+        assert int(picked[i]) == int(torch.argmax(nearest)), f"pick {i} is not the farthest point"
+        nearest = torch.minimum(nearest, torch.cdist(xd, xd[picked[i:i + 1]]).squeeze(1))
+
+
 def test_distances_match_a_brute_force_nearest_neighbour():
     model = PatchKnnFamiliarity(in_channels=1, bank_size=50).eval()
     bank = torch.randn(50, model.features.dim, generator=torch.Generator().manual_seed(1))

