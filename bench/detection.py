@@ -43,6 +43,8 @@ JSON_OUT = ROOT / "docs" / "bench" / "detection.json"
 EDGE_TRAIN = [str(ROOT / ".venv" / "bin" / "edge-train")]
 SIZE = 224
 TWOHEAD_SIZE = 160
+BANK_CANDIDATES = 200_000  # candidate patches of a --bank-size coreset (edge-train's default too)
+BANK_SIZES = (8192, 16384)  # --bank-size choices
 THREADS = 2  # --threads: torch threads of each training run
 PAPERS = {  # image AUROC, DRA protocol (../shared/PAPERS.md)
     ("elpv", 10): "DRA 0.845, AHL 0.850, PatchCore-WRN50 0.916", ("elpv", 1): "DRA 0.675, AHL 0.828",
@@ -79,30 +81,39 @@ def pixel_of(metrics: dict) -> dict | None:
     return {"pixel_auroc": px["auroc"], "pro": px["pro_fpr0.3"]} if px else None
 
 
-def run_head_rows(name: str, seeds, ks, results: list, save, backbone: str = "lite0") -> None:
+def bank_suffix(bank: int | None) -> str:
+    """Row and folder suffix of a kNN bank other than edge-train's default (4,096 patches of 200,000)."""
+    return "" if bank is None else f"_bank{bank}"
+
+
+def run_head_rows(name: str, seeds, ks, results: list, save, backbone: str = "lite0",
+                  bank: int | None = None) -> None:
     """Per seed: the standardised kNN (k = 0), and per k the patch head and its sum hybrid with that kNN.
-    A backbone other than Lite0 suffixes the rows and the run folders with its name."""
+    A backbone other than Lite0 suffixes the rows and the run folders with its name; a ``bank`` (coreset
+    size, chosen from 200,000 candidate patches) suffixes the kNN and hybrid rows with ``_bank<N>``."""
     data = DATA[name]
     dataset = load_dataset(data)
     base = ["--data", str(data), "--size", str(SIZE), "--standardize", "--backbone", backbone]
+    knn_args = [] if bank is None else ["--bank-size", str(bank), "--max-candidates", str(BANK_CANDIDATES)]
     suffix = "" if backbone == "lite0" else f"_{backbone}"
+    knn_suffix = suffix + bank_suffix(bank)
     for seed in seeds:
         d = RUNS / name / f"s{seed}"
-        knn = d / f"patch_knn_std{suffix}"
-        m_knn = train(["familiarity", *base, "--k", "0", "--seed", str(seed)], knn)
+        knn = d / f"patch_knn_std{knn_suffix}"
+        m_knn = train(["familiarity", *base, *knn_args, "--k", "0", "--seed", str(seed)], knn)
         for k in ks:
             split = open_set_split(dataset, k, seed, 0.25)
             test = {s.path.relative_to(dataset.root).as_posix() for s in split.test}
             head = d / f"patch_head{suffix}_k{k}"
             m_head = train(["patch-head", *base, "--k", str(k), "--seed", str(seed)], head)
-            hy = d / f"hybrid_knn_head{suffix}_k{k}"
+            hy = d / f"hybrid_knn_head{knn_suffix}_k{k}"
             m_hy = train(["hybrid", "--familiarity", str(knn), "--patch-head", str(head)], hy)
-            for row, run, m in (("patch_knn_std", knn, m_knn), ("patch_head", head, m_head),
-                                ("hybrid_knn_head", hy, m_hy)):
+            for row, run, m in (("patch_knn_std" + knn_suffix, knn, m_knn), ("patch_head" + suffix, head, m_head),
+                                ("hybrid_knn_head" + knn_suffix, hy, m_hy)):
                 pixel = pixel_of(m)
-                replace_row(results, {"data": name, "k": k, "seed": seed, "row": row + suffix,
+                replace_row(results, {"data": name, "k": k, "seed": seed, "row": row,
                                       **image_row(*scores_on(run, test)),
-                                      **({"pixel_k0_test" if row == "patch_knn_std" else "pixel": pixel}
+                                      **({"pixel_k0_test" if row.startswith("patch_knn_std") else "pixel": pixel}
                                          if pixel else {}),
                                       "train_seconds": m.get("train", {}).get("seconds")})
             save()
@@ -183,6 +194,20 @@ for _variant in (v for v in sorted(VARIANTS) if v != "lite0"):
     ROW_NAMES |= {f"patch_knn_std_{_variant}": f"familiarity: patch kNN on {_name}, input standardised (no labels)",
                   f"patch_head_{_variant}": f"patch head on frozen {_name}, input standardised",
                   f"hybrid_knn_head_{_variant}": f"hybrid patch kNN + patch head on {_name}, standardised (sum)"}
+# measured before edge-train's --max-candidates default went from 50,000 to 200,000 (2026-12-04)
+for _variant in ("lite0", "lite2"):
+    _vs = "" if _variant == "lite0" else f"_{_variant}"
+    for _key in (f"patch_knn_std{_vs}", f"hybrid_knn_head{_vs}"):
+        ROW_NAMES[f"{_key}_c50k"] = ROW_NAMES[_key] + ", coreset of 50,000 candidates (the old default)"
+# larger coresets (--bank-size): the kNN and its hybrid per variant
+for _variant in sorted(VARIANTS):
+    for _bank in BANK_SIZES:
+        _tag, _on = bank_suffix(_bank), "" if _variant == "lite0" else f" on {_variant.capitalize()}"
+        _vs = "" if _variant == "lite0" else f"_{_variant}"
+        ROW_NAMES |= {f"patch_knn_std{_vs}{_tag}":
+                      f"familiarity: patch kNN{_on}, standardised, {_bank:,}-patch coreset (no labels)",
+                      f"hybrid_knn_head{_vs}{_tag}":
+                      f"hybrid patch kNN ({_bank:,}-patch coreset) + patch head{_on}, standardised (sum)"}
 
 
 def table(results: list) -> str:
@@ -243,6 +268,9 @@ def main(argv=None) -> int:
     p.add_argument("--fresh", action="store_true", help="start docs/bench/detection.json over instead of merging into it")
     p.add_argument("--backbone", default="lite0", choices=sorted(VARIANTS),
                    help="EfficientNet-Lite variant of the patch head rows (default lite0; others add rows)")
+    p.add_argument("--bank-size", type=int, choices=BANK_SIZES, default=None,
+                   help="coreset size of the patch head rows' kNN, chosen from 200,000 candidate patches "
+                        "(default: edge-train's, 4,096 of 200,000); adds rows suffixed _bank<N>")
     p.add_argument("--only-head", action="store_true",
                    help="run only the patch head rows, keeping the other rows of docs/bench/detection.json")
     args = p.parse_args(argv)
@@ -260,7 +288,7 @@ def main(argv=None) -> int:
 
     for name in args.data:
         if args.only_head:
-            run_head_rows(name, args.head_seeds, args.ks, results, save, args.backbone)
+            run_head_rows(name, args.head_seeds, args.ks, results, save, args.backbone, args.bank_size)
             continue
         ks = args.twohead_k if args.twohead_only is None else \
             [int(pair.split(":")[1]) for pair in args.twohead_only if pair.split(":")[0] == name]

@@ -10,7 +10,7 @@ class FamiliarityModelConfig:
 
     in_channels: int = 1
     image_size: int = 224
-    bank_size: int = 8192     # coreset size: patches kept in the memory bank (edge cost is linear in it)
+    bank_size: int = 4096     # coreset size: patches kept in the memory bank (edge cost is linear in it)
     stages: tuple = (2, 4)
     pool_size: int = 3
     blur_sigma: float = 4.0
