@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench import floors  # noqa: E402
-from bench.report import mean_std, median, write_section  # noqa: E402
+from bench.report import mean_std, median, variant_suffix, write_section  # noqa: E402
 from trainer.backbones import VARIANTS  # noqa: E402
 from trainer.data import load_dataset, open_set_split  # noqa: E402
 from trainer.metrics import auprc, auroc, fnr_at_far  # noqa: E402
@@ -95,7 +95,7 @@ def run_head_rows(name: str, seeds, ks, results: list, save, backbone: str = "li
     dataset = load_dataset(data)
     base = ["--data", str(data), "--size", str(SIZE), "--standardize", "--backbone", backbone]
     knn_args = [] if bank is None else ["--bank-size", str(bank), "--max-candidates", str(BANK_CANDIDATES)]
-    suffix = "" if backbone == "lite0" else f"_{backbone}"
+    suffix = variant_suffix(backbone)
     knn_suffix = suffix + bank_suffix(bank)
     for seed in seeds:
         d = RUNS / name / f"s{seed}"
@@ -196,14 +196,13 @@ for _variant in (v for v in sorted(VARIANTS) if v != "lite0"):
                   f"hybrid_knn_head_{_variant}": f"hybrid patch kNN + patch head on {_name}, standardised (sum)"}
 # measured before edge-train's --max-candidates default went from 50,000 to 200,000 (2026-12-04)
 for _variant in ("lite0", "lite2"):
-    _vs = "" if _variant == "lite0" else f"_{_variant}"
-    for _key in (f"patch_knn_std{_vs}", f"hybrid_knn_head{_vs}"):
+    for _key in (f"patch_knn_std{variant_suffix(_variant)}", f"hybrid_knn_head{variant_suffix(_variant)}"):
         ROW_NAMES[f"{_key}_c50k"] = ROW_NAMES[_key] + ", coreset of 50,000 candidates (the old default)"
 # larger coresets (--bank-size): the kNN and its hybrid per variant
 for _variant in sorted(VARIANTS):
     for _bank in BANK_SIZES:
         _tag, _on = bank_suffix(_bank), "" if _variant == "lite0" else f" on {_variant.capitalize()}"
-        _vs = "" if _variant == "lite0" else f"_{_variant}"
+        _vs = variant_suffix(_variant)
         ROW_NAMES |= {f"patch_knn_std{_vs}{_tag}":
                       f"familiarity: patch kNN{_on}, standardised, {_bank:,}-patch coreset (no labels)",
                       f"hybrid_knn_head{_vs}{_tag}":

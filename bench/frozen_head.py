@@ -52,7 +52,7 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
-from bench.report import mean_std, write_section  # noqa: E402
+from bench.report import mean_std, variant_suffix, write_section  # noqa: E402
 from trainer.backbones import VARIANTS, load_imagenet_weights  # noqa: E402
 from trainer.data import load_dataset, open_set_split, read_image  # noqa: E402
 from trainer.familiarity.patch_features import PatchFeatureExtractor  # noqa: E402
@@ -77,7 +77,7 @@ def cached_features(samples, size: int, work: Path, standardize: bool = False,
     """(N, D, size/8, size/8) float16 features of every sample (D = 152 for Lite0), cached with the
     list of paths."""
     work.mkdir(parents=True, exist_ok=True)
-    name = f"features_{size}" + ("_std" if standardize else "") + ("" if backbone == "lite0" else f"_{backbone}")
+    name = f"features_{size}" + ("_std" if standardize else "") + variant_suffix(backbone)
     feats, listing = work / f"{name}.npy", work / f"{name}.txt"
     paths = "\n".join(s.path.as_posix() for s in samples)
     if feats.is_file() and listing.is_file() and listing.read_text() == paths:
@@ -227,7 +227,7 @@ def table(rows: list[dict]) -> str:
 
 
 def write_docs(data: str, size: int, standardize: bool, backbone: str, bank: int, rows: list[dict]) -> None:
-    write_section(f"frozen_head_{data}" + ("_std" if standardize else "") + ("" if backbone == "lite0" else f"_{backbone}"),
+    write_section(f"frozen_head_{data}" + ("_std" if standardize else "") + variant_suffix(backbone),
                   f"## Probe: a patch classifier on frozen {backbone.capitalize()} features ({data}, {size} px)\n\n"
                   f"Written by `bench/frozen_head.py` (its docstring says exactly what runs)"
                   f"{'; input standardised per image' if standardize else ''}. Random kNN bank of {bank} patches; "

@@ -11,6 +11,11 @@ HEADER = ("# Benchmarks\n\nEach section is written by the bench/ script it names
           "(noisy): compare rows measured in the same run, and read medians.\n")
 
 
+def variant_suffix(backbone: str) -> str:
+    """Row, file and section suffix of a backbone other than Lite0 (names without one are Lite0's)."""
+    return "" if backbone == "lite0" else f"_{backbone}"
+
+
 def write_section(name: str, markdown: str, path: Path = BENCHMARKS_MD) -> None:
     begin, end = f"<!-- BEGIN {name} -->", f"<!-- END {name} -->"
     block = f"{begin}\n{markdown.rstrip()}\n{end}"
