@@ -86,7 +86,7 @@ dialog button{font-size:16px;padding:4px 14px;float:right}
 "use strict";
 const $ = (s, el=document) => el.querySelector(s);
 const tiles = new Map(), seenRejects = new Set(), rejectsByKey = new Map();
-let first = true, lastMsg = 0;
+let first = true, lastMsg = 0, openKey = null;     // openKey: the reject shown large, if any
 const fmt = (x, d=2) => (x === null || x === undefined) ? "–" : Number(x).toFixed(d);
 const hms = t => t ? new Date(t * 1000).toLocaleTimeString([], {hour12:false}) : "–";
 function el(tag, cls, text) { const e = document.createElement(tag); if (cls) e.className = cls; if (text !== undefined) e.textContent = text; return e; }
@@ -141,11 +141,15 @@ function openReject(r) {
   if (src) { const i = el("img"); i.src = src; i.alt = "reject " + r.alert_seq; i.dataset.kind = full ? "full" : "model"; pic.appendChild(i); }
   drawBoxes(pic, full ? r.full_boxes : r.boxes);
   $("#bignote").textContent = full ? r.full_note : "what the model saw (" + (r.full_note || "no full frame") + ")";
-  $("#big").showModal();
+  openKey = r.key; $("#big").dataset.full = full ? "1" : "0";
+  if (!$("#big").open) $("#big").showModal();
 }
 function renderRejects(list) {
   const strip = $("#strip"), keep = new Set(list.map(r => r.key));
   rejectsByKey.clear(); list.forEach(r => rejectsByKey.set(r.key, r));
+  // opened before its full frame came (preprocess encodes it a moment after the verdict): show it now
+  const shown = openKey !== null && $("#big").open ? rejectsByKey.get(openKey) : null;
+  if (shown && shown.full && $("#big").dataset.full !== "1") openReject(shown);
   strip.querySelectorAll(".rej").forEach(e => { if (!keep.has(Number(e.dataset.key))) e.remove(); });
   if (list.length) { const none = $(".none", strip); if (none) none.remove(); }
   for (const r of list.slice().reverse()) {          // oldest first, each new one goes to the front
@@ -169,6 +173,7 @@ function render(doc) {
   first = false;
 }
 $("#close").addEventListener("click", () => $("#big").close());
+$("#big").addEventListener("close", () => { openKey = null; });
 const es = new EventSource("/events");
 es.onmessage = ev => { lastMsg = Date.now(); document.body.classList.remove("lost"); $("#conn").textContent = "live"; $("#conn").className = "ok"; render(JSON.parse(ev.data)); };
 es.onerror = () => { $("#conn").textContent = "reconnecting"; $("#conn").className = "bad"; };

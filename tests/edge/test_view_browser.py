@@ -84,17 +84,29 @@ def test_a_notok_part_appears_in_the_reject_strip_within_a_second_and_opens_larg
     browser.screenshot(ARTEFACTS / "view-reject-open.png")
     browser.evaluate("document.querySelector('#close').click()")
     assert browser.wait_for("!document.querySelector('#big').open", 5)
-    # a reject of the cells camera opens the camera's whole frame (300x300), not the model's 224 px view
+    # a reject of the cells camera opens the camera's whole frame (300x300), not the model's 224 px view.
+    # The page may hear of the full frame after the server does (the next event), so it may open first on
+    # the model's view and must then switch to the full frame by itself while open.
     state = run.wait(lambda s: any(r["camera"] == "parts" and r.get("full") for r in s["rejects"]), 30,
                      "a reject with its full frame")
     key = next(r["key"] for r in state["rejects"] if r["camera"] == "parts" and r.get("full"))
     assert browser.wait_for(f"!!document.querySelector('.rej[data-key=\"{key}\"]')", 10)
     browser.evaluate(f"document.querySelector('.rej[data-key=\"{key}\"]').click()")
     full = browser.wait_for("""(() => { const d = document.querySelector('#big'), i = d.querySelector('img');
-        return d.open && i && i.complete && i.naturalWidth > 0 ? {kind: i.dataset.kind, w: i.naturalWidth,
-            h: i.naturalHeight, note: document.querySelector('#bignote').textContent} : null; })()""", 10)
+        return d.open && i && i.dataset.kind === 'full' && i.complete && i.naturalWidth > 0 ? {kind: i.dataset.kind,
+            w: i.naturalWidth, h: i.naturalHeight, note: document.querySelector('#bignote').textContent} : null; })()""",
+                            10)
     assert full == {"kind": "full", "w": 300, "h": 300, "note": "camera frame 300x300"}, full
     browser.screenshot(ARTEFACTS / "view-reject-full.png")
+    browser.evaluate("document.querySelector('#close').click()")
+    assert browser.wait_for("!document.querySelector('#big').open", 5)
+    # opened while the page still knew it without its full frame: the next event brings the frame in
+    first = browser.evaluate(f"""(() => {{ const r = rejectsByKey.get({key});
+        rejectsByKey.set({key}, Object.assign({{}}, r, {{full: null, full_note: "asked for"}}));
+        openReject(rejectsByKey.get({key})); return document.querySelector('#big img').dataset.kind; }})()""")
+    assert first == "model"
+    assert browser.wait_for("document.querySelector('#big img').dataset.kind === 'full'", 10), \
+        "the open reject did not switch to its full frame"
     browser.evaluate("document.querySelector('#close').click()")
     assert browser.wait_for("!document.querySelector('#big').open", 5)
 
