@@ -197,7 +197,12 @@ for _variant in (v for v in sorted(VARIANTS) if v != "lite0"):
 # measured before edge-train's --max-candidates default went from 50,000 to 200,000 (2026-12-04)
 for _variant in ("lite0", "lite2"):
     for _key in (f"patch_knn_std{variant_suffix(_variant)}", f"hybrid_knn_head{variant_suffix(_variant)}"):
-        ROW_NAMES[f"{_key}_c50k"] = ROW_NAMES[_key] + ", coreset of 50,000 candidates (the old default)"
+        ROW_NAMES[f"{_key}_c50k"] = ROW_NAMES[_key] + ", coreset of 50,000 candidates (the old default)" + (
+            ", one head" if _key.startswith("hybrid") else "")
+# measured before edge-train patch-head's --heads default went from 1 to 3 (2026-12-05)
+for _variant in ("lite0", "lite2"):
+    for _key in (f"patch_head{variant_suffix(_variant)}", f"hybrid_knn_head{variant_suffix(_variant)}"):
+        ROW_NAMES[f"{_key}_h1"] = ROW_NAMES[_key] + ", one head (the old default)"
 # larger coresets (--bank-size): the kNN and its hybrid per variant
 for _variant in sorted(VARIANTS):
     for _bank in BANK_SIZES:
@@ -207,6 +212,7 @@ for _variant in sorted(VARIANTS):
                       f"familiarity: patch kNN{_on}, standardised, {_bank:,}-patch coreset (no labels)",
                       f"hybrid_knn_head{_vs}{_tag}":
                       f"hybrid patch kNN ({_bank:,}-patch coreset) + patch head{_on}, standardised (sum)"}
+        ROW_NAMES[f"hybrid_knn_head{_vs}{_tag}_h1"] = ROW_NAMES[f"hybrid_knn_head{_vs}{_tag}"] + ", one head"
 
 
 def table(results: list) -> str:

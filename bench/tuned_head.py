@@ -121,7 +121,7 @@ def head_scores(model: PatchHeadScorer, maps: list[torch.Tensor], index: list[in
 
 def train_variant(variant: tuple, maps: list[torch.Tensor], sp: dict, seed: int, work: Path) -> PatchHeadScorer:
     tune_from, balance = variant
-    config = PatchHeadTrainConfig(model=PatchHeadModelConfig(tune_from_stage=tune_from), seed=seed,
+    config = PatchHeadTrainConfig(model=PatchHeadModelConfig(tune_from_stage=tune_from, heads=1), seed=seed,
                                   balance_styles=balance)
     torch.manual_seed(seed)
     model = PatchHeadScorer(**config.model.constructor_kwargs())

@@ -55,6 +55,7 @@ def _build_familiarity(payload: dict) -> nn.Module:
 def _build_patch_head(payload: dict) -> nn.Module:
     from trainer.patchhead import PatchHeadScorer
     cfg = {k: v for k, v in payload["model_config"].items() if k != "image_size"}
+    cfg.setdefault("heads", 1)  # checkpoints from before the head ensemble
     model = PatchHeadScorer(**{**cfg, "stages": tuple(cfg["stages"])})
     model.load_state_dict(payload["state_dict"])
     return model

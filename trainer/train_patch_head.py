@@ -5,7 +5,9 @@ per image (no gradient): the patch features, or, when the deeper stages are re-t
 (``tune_from_stage``), the frozen stage maps they start from. The head trains on them for
 ``epochs`` passes in seconds (about a minute a pass when re-training stages 3-4 of ~1,300 images):
 binary cross-entropy on the image logit (mean of the largest patch logits), the labelled defective images weighted by
-good / defective so that a handful of them is not drowned by hundreds of good ones; AdamW.
+good / defective so that a handful of them is not drowned by hundreds of good ones; AdamW. With
+``heads`` > 1 each head of the ensemble has its own loss (their sum is minimised, so each head's
+parameters get exactly the gradient they would get alone; AdamW's steps are per parameter).
 The validation hold-out is excluded from training as for every member (the hybrid fits its fusion
 on it). The run directory has the same files as the other trainers' (docs/run-directory.md).
 """
@@ -119,9 +121,12 @@ def fit_head(model: PatchHeadScorer, inputs: list[torch.Tensor], labels: torch.T
                 features = model.features_from_maps([t[batch].float() for t in inputs])
             else:
                 features = inputs[0][batch]
-            logits = model.image_logits(model.patch_logits(features))
-            loss = F.binary_cross_entropy_with_logits(logits, labels[batch], pos_weight=pos_weight,
-                                                      weight=None if weights is None else weights[batch])
+            logits = model.head_image_logits(model.patch_logits(features))     # (b, heads)
+            # each head on its own loss (summed: every head gets the gradient it would get alone)
+            target = labels[batch, None].expand_as(logits)
+            row_weights = None if weights is None else weights[batch, None].expand_as(logits)
+            loss = F.binary_cross_entropy_with_logits(logits, target, pos_weight=pos_weight, weight=row_weights,
+                                                      reduction="none").mean(dim=0).sum()
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"patch head: the loss became {loss.item()} at epoch {epoch}: "
                                          f"lower --lr (now {config.lr})" + (f" or --tune-lr (now {config.tune_lr})"
@@ -131,7 +136,7 @@ def fit_head(model: PatchHeadScorer, inputs: list[torch.Tensor], labels: torch.T
             optimiser.step()
             if schedule is not None:
                 schedule.step()
-            total += loss.item() * len(batch)
+            total += loss.item() / model.heads * len(batch)
         log.append({"epoch": epoch, "loss": total / n, "seconds": round(time.perf_counter() - start, 2)})
         if progress and epoch % max(1, config.epochs // 5) == 0:
             print(f"patch head: epoch {epoch}/{config.epochs} loss {log[-1]['loss']:.4g}", file=sys.stderr, flush=True)

@@ -43,6 +43,40 @@ def test_image_score_is_the_mean_of_the_largest_patch_logits():
     assert PatchHeadScorer(top_patches=50).image_logits(logits).item() == pytest.approx(2.25)  # fewer patches
 
 
+def test_an_ensemble_of_heads_keeps_each_head_to_itself_and_averages_them():
+    torch.manual_seed(0)
+    model = PatchHeadScorer(heads=3, hidden=4, top_patches=2).eval()
+    f = torch.randn(2, model.features.dim, 5, 5)
+    with torch.no_grad():
+        logits = model.patch_logits(f)
+        assert logits.shape == (2, 3, 5, 5)
+        per_head = model.head_image_logits(logits)
+        expect = logits.flatten(2).topk(2, dim=2).values.mean(2)
+        torch.testing.assert_close(per_head, expect)
+        torch.testing.assert_close(model.image_logits(logits), expect.mean(1))
+        # head 1's weights (its hidden channels 4-7 and output 1) move; heads 0 and 2 do not
+        model.head[0].weight[4:8] += 1.0
+        model.head[2].weight[1] += 1.0
+        moved = model.patch_logits(f)
+        torch.testing.assert_close(moved[:, [0, 2]], logits[:, [0, 2]])
+        assert (moved[:, 1] - logits[:, 1]).abs().max() > 1e-3
+        out = model.scores_from_features(f, (40, 40))
+        assert out.anomaly_map.shape == (2, 1, 40, 40)
+        torch.testing.assert_close(out.score, model.image_logits(moved))
+
+
+def test_a_checkpoint_from_before_the_ensemble_loads_as_one_head():
+    from trainer.checkpoint import BUILDERS, PATCH_HEAD_KIND
+    from trainer.patchhead.config import PatchHeadModelConfig
+    single = PatchHeadScorer(heads=1).eval()
+    old_config = {k: v for k, v in PatchHeadModelConfig().__dict__.items() if k != "heads"}
+    model = BUILDERS[PATCH_HEAD_KIND]({"model_config": old_config, "state_dict": single.state_dict()})
+    assert model.heads == 1
+    f = torch.randn(1, single.features.dim, 4, 4)
+    with torch.no_grad():
+        torch.testing.assert_close(model.patch_logits(f), single.patch_logits(f))
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("patchhead")
@@ -56,6 +90,7 @@ def test_patch_head_learns_the_labelled_defects(runs):
     data, out = runs
     m = json.loads((out / "members" / "patch_head" / "metrics.json").read_text())
     assert m["model"] == "patch_head_scorer" and m["n_train_defective"] == 4
+    assert json.loads((out / "members" / "patch_head" / "config.json").read_text())["model"]["heads"] == 3
     assert m["test"]["image"]["n_defective"] == 6
     assert m["test"]["image"]["auroc"] >= 0.9, m["test"]
     log = [json.loads(line) for line in (out / "members" / "patch_head" / "train_log.jsonl").read_text().splitlines()]

@@ -18,6 +18,7 @@ class PatchHeadModelConfig:
     blur_sigma: float = 4.0
     tune_from_stage: int | None = None  # re-train the backbone from this stage on (None: all frozen)
     backbone: str = "lite0"    # EfficientNet-Lite variant (trainer/backbones); older checkpoints: lite0
+    heads: int = 3             # ensemble of heads from different initialisations; older checkpoints: 1
 
     def constructor_kwargs(self) -> dict:
         return {k: v for k, v in asdict(self).items() if k != "image_size"} | {"stages": tuple(self.stages)}
