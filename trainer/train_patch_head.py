@@ -7,7 +7,8 @@ per image (no gradient): the patch features, or, when the deeper stages are re-t
 binary cross-entropy on the image logit (mean of the largest patch logits), the labelled defective images weighted by
 good / defective so that a handful of them is not drowned by hundreds of good ones; AdamW. With
 ``heads`` > 1 each head of the ensemble has its own loss (their sum is minimised, so each head's
-parameters get exactly the gradient they would get alone; AdamW's steps are per parameter).
+parameters get exactly the gradient they would get alone; re-trained blocks, shared by the heads,
+get the sum, and AdamW's step does not depend on a gradient's scale).
 The validation hold-out is excluded from training as for every member (the hybrid fits its fusion
 on it). The run directory has the same files as the other trainers' (docs/run-directory.md).
 """
