@@ -279,7 +279,7 @@ def add_patch_head_parser(sub) -> None:
     m.add_argument("--heads", type=int, default=3,
                    help="ensemble of heads, each from its own initialisation, scores averaged (default 3; 1 is a "
                         "single head). Steadies the ranking with few labels (ELPV k=1 hybrid 0.917 +- 0.003 vs "
-                        "0.913 +- 0.010); edge frames/s unchanged (docs/familiarity.md, 'Head ensemble')")
+                        "0.913 +- 0.012); edge frames/s unchanged (docs/familiarity.md, 'Head ensemble')")
     m.add_argument("--epochs", type=int, default=None,
                    help="passes over the training features (default 20; 6 with --tune-from-stage)")
     m.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate of the head (default 1e-3)")
