@@ -65,6 +65,13 @@ def test_an_ensemble_of_heads_keeps_each_head_to_itself_and_averages_them():
         torch.testing.assert_close(out.score, model.image_logits(moved))
 
 
+def test_zero_heads_is_refused_before_anything_is_written(tmp_path):
+    data = make_mvtec_tree(tmp_path / "parts", n_train_good=6, n_test_good=2, n_defect=3, size=SIZE, seed=1)
+    assert train(["patch-head", "--data", str(data), "--k", "1", "--size", str(SIZE), "--heads", "0", "--quiet",
+                  "--out", str(tmp_path / "run")]) == 2
+    assert not (tmp_path / "run").exists()
+
+
 def test_a_checkpoint_from_before_the_ensemble_loads_as_one_head():
     from trainer.checkpoint import BUILDERS, PATCH_HEAD_KIND
     from trainer.patchhead.config import PatchHeadModelConfig

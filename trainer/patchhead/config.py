@@ -45,6 +45,8 @@ class PatchHeadTrainConfig:
         for name in ("epochs", "batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.model.heads < 1:
+            raise ValueError(f"heads must be >= 1 (1: a single head), got {self.model.heads}")
         if not (self.lr > 0 and self.tune_lr > 0 and self.weight_decay >= 0):  # also refuses NaN
             raise ValueError(f"lr and tune_lr must be > 0 and weight_decay >= 0, "
                              f"got {self.lr}, {self.tune_lr}, {self.weight_decay}")
