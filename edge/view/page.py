@@ -86,7 +86,7 @@ dialog button{font-size:16px;padding:4px 14px;float:right}
 "use strict";
 const $ = (s, el=document) => el.querySelector(s);
 const tiles = new Map(), seenRejects = new Set(), rejectsByKey = new Map();
-let first = true, lastMsg = 0, openKey = null;     // openKey: the reject shown large, if any
+let first = true, lastMsg = 0, openKey = null;     // openKey: the reject last shown large (while #big is open)
 const fmt = (x, d=2) => (x === null || x === undefined) ? "–" : Number(x).toFixed(d);
 const hms = t => t ? new Date(t * 1000).toLocaleTimeString([], {hour12:false}) : "–";
 function el(tag, cls, text) { const e = document.createElement(tag); if (cls) e.className = cls; if (text !== undefined) e.textContent = text; return e; }
@@ -173,7 +173,6 @@ function render(doc) {
   first = false;
 }
 $("#close").addEventListener("click", () => $("#big").close());
-$("#big").addEventListener("close", () => { openKey = null; });
 const es = new EventSource("/events");
 es.onmessage = ev => { lastMsg = Date.now(); document.body.classList.remove("lost"); $("#conn").textContent = "live"; $("#conn").className = "ok"; render(JSON.parse(ev.data)); };
 es.onerror = () => { $("#conn").textContent = "reconnecting"; $("#conn").className = "bad"; };
