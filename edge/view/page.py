@@ -141,7 +141,7 @@ function openReject(r) {
   if (src) { const i = el("img"); i.src = src; i.alt = "reject " + r.alert_seq; i.dataset.kind = full ? "full" : "model"; pic.appendChild(i); }
   drawBoxes(pic, full ? r.full_boxes : r.boxes);
   $("#bignote").textContent = full ? r.full_note : "what the model saw (" + (r.full_note || "no full frame") + ")";
-  openKey = r.key; $("#big").dataset.full = full ? "1" : "0";
+  openKey = r.key;
   if (!$("#big").open) $("#big").showModal();
 }
 function renderRejects(list) {
@@ -149,7 +149,8 @@ function renderRejects(list) {
   rejectsByKey.clear(); list.forEach(r => rejectsByKey.set(r.key, r));
   // opened before its full frame came (preprocess encodes it a moment after the verdict): show it now
   const shown = openKey !== null && $("#big").open ? rejectsByKey.get(openKey) : null;
-  if (shown && shown.full && $("#big").dataset.full !== "1") openReject(shown);
+  const pic = $("#bigpic img");
+  if (shown && shown.full && !(pic && pic.dataset.kind === "full")) openReject(shown);
   strip.querySelectorAll(".rej").forEach(e => { if (!keep.has(Number(e.dataset.key))) e.remove(); });
   if (list.length) { const none = $(".none", strip); if (none) none.remove(); }
   for (const r of list.slice().reverse()) {          // oldest first, each new one goes to the front
