@@ -50,14 +50,13 @@ demo-plc: $(STAMP)
 		--alerts-addr $(DEMO_ALERTS) --wait-subscribers 1 --quiet 2>&1 | grep -v INSECURE; \
 	wait $$plc; status=$$?; kill $$bridge; wait $$bridge; exit $$status
 
-# The trainer chain on the embedded sample: the patch kNN familiarity member (pretrained EfficientNet-Lite0,
-# no labels) and the two-head scorer with SaliencyCut and 5 labelled defects, fused into the hybrid, each
-# trained and evaluated, then the hybrid exported to ONNX with its manifest (parity-checked). A few minutes.
+# The trainer chain on the embedded sample, as a user would run it on their own data: edge-train hybrid's
+# one command trains its default members (the patch kNN familiarity member, no labels, and the patch head
+# taught by 5 labelled defects, both on pretrained EfficientNet-Lite2), fuses them on held-out good cells,
+# evaluates every member and the hybrid on the same test cells, then the hybrid is exported to ONNX with its
+# manifest (parity-checked). A few minutes.
 train-demo: $(STAMP)
-	$(BIN)/edge-train familiarity --data $(SAMPLE) --k 5 --size 112 --bank-size 512 --out runs/demo/patch_knn --overwrite
-	$(BIN)/edge-train scorer --data $(SAMPLE) --k 5 --size 112 --epochs 4 --steps-per-epoch 10 \
-		--n-normal 16 --n-anomaly 8 --lr 1e-3 --out runs/demo/scorer --overwrite
-	$(BIN)/edge-train hybrid --familiarity runs/demo/patch_knn --scorer runs/demo/scorer --out runs/demo/hybrid --overwrite
+	$(BIN)/edge-train hybrid --data $(SAMPLE) --k 5 --size 112 --out runs/demo/hybrid --overwrite
 	$(BIN)/edge-export --run runs/demo/hybrid --out runs/demo/model.onnx
 
 # Regenerate the bundled demo model (train, calibrate, export; committed with its manifest).

@@ -6,8 +6,8 @@ Model: the current best hybrid (docs/benchmarks.md, detection): the patch kNN fa
 and the patch head on frozen EfficientNet-Lite0 features, 224 px, per-image standardised input,
 k = 10 labelled defects; trained per seed unless RUNS/s<seed>/hybrid holds a finished run:
 
-    edge-train familiarity --data ELPV --k 10 --size 224 --standardize --seed S --out RUNS/sS/patch_knn
-    edge-train patch-head  --data ELPV --k 10 --size 224 --standardize --seed S --out RUNS/sS/patch_head
+    edge-train familiarity --data ELPV --k 10 --size 224 --standardize --backbone lite0 --seed S --out RUNS/sS/patch_knn
+    edge-train patch-head  --data ELPV --k 10 --size 224 --standardize --backbone lite0 --seed S --out RUNS/sS/patch_head
     edge-train hybrid --familiarity RUNS/sS/patch_knn --patch-head RUNS/sS/patch_head --out RUNS/sS/hybrid
 
 Three disjoint sets of cells per seed: the **calibration** set is the run's validation hold-out
@@ -66,7 +66,9 @@ def load() -> list[float]:
 
 def train_hybrid(seed: int, k: int) -> Path:
     d = RUNS / f"s{seed}"
-    common = ["--data", str(ELPV), "--k", str(k), "--size", "224", "--standardize", "--seed", str(seed), "--quiet"]
+    # Lite0: the backbone the section's figures were measured on (edge-train's default until 2026-12-05)
+    common = ["--data", str(ELPV), "--k", str(k), "--size", "224", "--standardize", "--backbone", "lite0",
+              "--seed", str(seed), "--quiet"]
     steps = [(d / "patch_knn", ["familiarity", *common]), (d / "patch_head", ["patch-head", *common]),
              (d / "hybrid", ["hybrid", "--familiarity", str(d / "patch_knn"), "--patch-head", str(d / "patch_head"),
                              "--quiet"])]

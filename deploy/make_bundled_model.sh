@@ -23,7 +23,9 @@ SAMPLE=trainer/sample_data/elpv_mini
 DATA=${DATA:-runs/data/elpv_minus_demo}
 RUNS=${RUNS:-runs/bundled}
 OUT=${OUT:-edge/bundled}
-COMMON="--data $DATA --k 500 --size 224 --standardize --seed 0 --quiet"
+# --backbone lite0: the committed model's (edge-train's default became lite2 on 2026-12-05, measured with 10
+# and 1 labels, not with this recipe)
+COMMON="--data $DATA --k 500 --size 224 --standardize --backbone lite0 --seed 0 --quiet"
 $BIN/python deploy/bundled_training_data.py --elpv ../shared/data/elpv --exclude $SAMPLE --out $DATA
 if [ "${KNN:-0}" = 1 ] && [ ! -f $RUNS/patch_knn/metrics.json ]; then
     $BIN/edge-train familiarity $COMMON --bank-size 1024 --out $RUNS/patch_knn --overwrite

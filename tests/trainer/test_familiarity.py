@@ -74,6 +74,8 @@ def test_familiarity_separates_obvious_synthetic_defects(run):
     data, out = run
     m = json.loads((out / "metrics.json").read_text())
     assert m["model"] == "patch_knn_familiarity" and m["bank_size"] == 256
+    model = json.loads((out / "config.json").read_text())["model"]
+    assert (model["backbone"], model["standardize"]) == ("lite2", True)  # edge-train's defaults (2026-12-05)
     assert m["test"]["image"]["auroc"] >= 0.9, m["test"]
     assert m["test"]["pixel"]["auroc"] >= 0.8, m["test"]["pixel"]  # the heatmap finds the painted defects
 

