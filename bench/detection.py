@@ -129,12 +129,13 @@ def run_dataset(name: str, seeds, lamp_seeds, twohead_seeds, twohead_ks, ks, res
     data = DATA[name]
     dataset = load_dataset(data)
     base = ["--data", str(data), "--size", str(SIZE)]
-    # the rows' members as labelled: Lite0 and raw input (edge-train's defaults when they were measured)
-    lite0_raw = ["--backbone", "lite0", "--no-standardize"]
+    # the rows' kNN as labelled and first measured (2026-12-02): Lite0, raw input, a coreset drawn from 50,000
+    # candidate patches (edge-train's defaults then; they became lite2, standardised and 200,000 since)
+    as_measured = ["--backbone", "lite0", "--no-standardize", "--max-candidates", "50000"]
     for seed in seeds:
         d = RUNS / name / f"s{seed}"
         label_free = {}
-        m = train(["familiarity", *base, *lite0_raw, "--k", "0", "--seed", str(seed)], d / "patch_knn")
+        m = train(["familiarity", *base, *as_measured, "--k", "0", "--seed", str(seed)], d / "patch_knn")
         label_free["patch_knn"] = (d / "patch_knn", m)
         if seed in lamp_seeds:
             m = train(["ae", *base, "--k", "0", "--seed", str(seed), "--epochs", "10"], d / "lamp")
@@ -155,7 +156,7 @@ def run_dataset(name: str, seeds, lamp_seeds, twohead_seeds, twohead_ks, ks, res
                 # members it is fused with
                 small = ["--data", str(data), "--size", str(TWOHEAD_SIZE), "--seed", str(seed)]
                 knn = d / f"patch_knn_{TWOHEAD_SIZE}"
-                m = train(["familiarity", *small, *lite0_raw, "--k", "0"], knn)
+                m = train(["familiarity", *small, *as_measured, "--k", "0"], knn)
                 replace_row(results, {"data": name, "k": k, "seed": seed, "row": f"patch_knn_{TWOHEAD_SIZE}",
                                 **image_row(*scores_on(knn, test)), "train_seconds": m["train"]["seconds"]})
                 for aug in augmentations:   # SaliencyCut (the product's default) and DRA's CutPaste
