@@ -4,7 +4,9 @@
     python bench/detection.py --only-head --data elpv     # just the patch head rows, merged into the JSON
 
 Writes docs/bench/detection.json and the `detection` section of docs/benchmarks.md after every
-step, so a partial run leaves partial tables. Runs go to runs/bench_detection/<data>/s<seed>/ and
+step, so a partial run leaves partial tables. Each write merges this run's rows into the file as it
+is on disk at that moment, under a lock, so runs on different rows may go side by side (with
+``--threads 1`` each, two runs use 2 cores better than one run with 2 threads). Runs go to runs/bench_detection/<data>/s<seed>/ and
 are reused when complete (delete a folder to retrain it).
 
 Label-free members (patch kNN familiarity, LAMP) are trained once per seed on the k = 0 split;
@@ -20,6 +22,7 @@ runs those rows alone and merges them into the rows already in docs/bench/detect
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import subprocess
 import sys
@@ -117,6 +120,22 @@ def run_head_rows(name: str, seeds, ks, results: list, save, backbone: str = "li
                                          if pixel else {}),
                                       "train_seconds": m.get("train", {}).get("seconds")})
             save()
+
+
+def merge_into_file(path: Path, results: list, loaded: set) -> list:
+    """Write this run's rows (those of ``results`` whose id is not in ``loaded``) into the JSON at
+    ``path`` as it is on disk now, under a lock; return every row the file then holds."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # another run may be saving its rows right now
+        on_disk = json.loads(path.read_text()) if path.exists() else []
+        for row in results:
+            if id(row) not in loaded:
+                replace_row(on_disk, row)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(on_disk, indent=1) + "\n")
+        tmp.replace(path)  # atomic: a run starting now reads the old file or the new one
+    return on_disk
 
 
 def replace_row(results: list, row: dict) -> None:
@@ -287,12 +306,14 @@ def main(argv=None) -> int:
     if "sdd" in args.data and not (DATA["sdd"] / ".prepared.json").exists():
         subprocess.run([sys.executable, str(ROOT / "bench" / "prepare_sdd.py"), "--out", str(DATA["sdd"])], check=True)
     # rows are merged into the existing JSON by (data, k, seed, row): a run adds or replaces its rows
-    results: list = json.loads(JSON_OUT.read_text()) if JSON_OUT.exists() and not args.fresh else []
+    if args.fresh:
+        JSON_OUT.unlink(missing_ok=True)
+    results: list = json.loads(JSON_OUT.read_text()) if JSON_OUT.exists() else []
+    loaded_rows = list(results)  # rows this run did not write, never pushed back to disk (kept alive: ids stay unique)
+    loaded = {id(r) for r in loaded_rows}
 
     def save():
-        JSON_OUT.parent.mkdir(parents=True, exist_ok=True)
-        JSON_OUT.write_text(json.dumps(results, indent=1) + "\n")
-        write_section("detection", HEAD + table(results))
+        write_section("detection", HEAD + table(merge_into_file(JSON_OUT, results, loaded)))
 
     for name in args.data:
         if args.only_head:
