@@ -122,16 +122,15 @@ def run_head_rows(name: str, seeds, ks, results: list, save, backbone: str = "li
             save()
 
 
-def merge_into_file(path: Path, results: list, loaded: set) -> list:
-    """Write this run's rows (those of ``results`` whose id is not in ``loaded``) into the JSON at
-    ``path`` as it is on disk now, under a lock; return every row the file then holds."""
+def merge_into_file(path: Path, rows: list) -> list:
+    """Write ``rows`` (this run's) into the JSON at ``path`` as it is on disk now, under a lock, each
+    replacing the row of its key; return every row the file then holds."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path.with_suffix(".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # another run may be saving its rows right now
         on_disk = json.loads(path.read_text()) if path.exists() else []
-        for row in results:
-            if id(row) not in loaded:
-                replace_row(on_disk, row)
+        for row in rows:
+            replace_row(on_disk, row)
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(on_disk, indent=1) + "\n")
         tmp.replace(path)  # atomic: a run starting now reads the old file or the new one
@@ -308,12 +307,10 @@ def main(argv=None) -> int:
     # rows are merged into the existing JSON by (data, k, seed, row): a run adds or replaces its rows
     if args.fresh:
         JSON_OUT.unlink(missing_ok=True)
-    results: list = json.loads(JSON_OUT.read_text()) if JSON_OUT.exists() else []
-    loaded_rows = list(results)  # rows this run did not write, never pushed back to disk (kept alive: ids stay unique)
-    loaded = {id(r) for r in loaded_rows}
+    results: list = []  # this run's rows only: the rows of other runs are never written back from memory
 
     def save():
-        write_section("detection", HEAD + table(merge_into_file(JSON_OUT, results, loaded)))
+        write_section("detection", HEAD + table(merge_into_file(JSON_OUT, results)))
 
     for name in args.data:
         if args.only_head:
@@ -324,7 +321,7 @@ def main(argv=None) -> int:
         run_dataset(name, args.seeds, args.lamp_seeds, args.twohead_seeds if name in args.twohead_data else [],
                     ks, args.ks, results, save, args.twohead_augmentations)
         run_head_rows(name, args.head_seeds, args.ks, results, save)
-    print(table(results))
+    print(table(json.loads(JSON_OUT.read_text()) if JSON_OUT.exists() else []))
     return 0
 
 

@@ -40,6 +40,7 @@ from trainer.backbones import load_imagenet_weights  # noqa: E402
 from trainer.familiarity import PatchKnnFamiliarity, k_center_greedy  # noqa: E402
 from trainer.familiarity.config import FamiliarityModelConfig, FamiliarityTrainConfig  # noqa: E402
 from trainer.metrics import auprc, auroc, fnr_at_far  # noqa: E402
+from trainer.train_familiarity import draw_patches, patch_share  # noqa: E402
 
 SRC = ROOT.parent / "shared" / "data" / "kolektorsdd"
 JSON_OUT = ROOT / "docs" / "bench" / "resize_modes.json"
@@ -112,15 +113,14 @@ def split_parts(labels: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 def fit_and_score(model: PatchKnnFamiliarity, feats: torch.Tensor, train: np.ndarray, test: np.ndarray,
                   train_cfg: FamiliarityTrainConfig, size: int, seed: int) -> tuple[np.ndarray, float]:
-    """Bank from the training parts' patches (at most max_candidates, the same share from every
-    view, seeded), greedy coreset; returns the test parts' scores (largest over views) and seconds."""
+    """Bank from the training parts' patches, drawn as `edge-train familiarity` draws them (at most
+    max_candidates, the same share from every view, seeded), greedy coreset; returns the test parts' scores (largest over views) and seconds."""
     start = time.perf_counter()
     train_f = feats[train].flatten(0, 1)  # (views, D, h, w)
     n_views, d, h, w = train_f.shape
     flat = train_f.permute(0, 2, 3, 1).reshape(n_views, h * w, d)
-    per_view = max(1, min(h * w, train_cfg.max_candidates // n_views))
-    g = torch.Generator().manual_seed(seed)
-    candidates = torch.cat([v[torch.randperm(h * w, generator=g)[:per_view]] for v in flat])
+    per_view = patch_share(n_views, h * w, train_cfg.max_candidates)
+    candidates = torch.cat(draw_patches(flat, per_view, torch.Generator().manual_seed(seed)))
     n = min(train_cfg.model.bank_size, len(candidates))
     model.set_memory_bank(candidates[k_center_greedy(candidates, n, seed=seed)])
     seconds = time.perf_counter() - start

@@ -28,6 +28,18 @@ from trainer.tensors import load_images
 BATCH = 16
 
 
+def patch_share(n_images: int, patches_per_image: int, max_patches: int) -> int:
+    """Candidate patches drawn from each image so that ``n_images`` give at most ``max_patches``."""
+    return max(1, min(patches_per_image, max_patches // n_images))
+
+
+def draw_patches(flat: torch.Tensor, per_image: int, g: torch.Generator) -> list[torch.Tensor]:
+    """``per_image`` random rows of each image's (P, D) patch features in ``flat`` (B, P, D), drawn
+    with ``g``; every row, in order, when ``per_image`` >= P."""
+    p = flat.shape[1]
+    return [one[torch.randperm(p, generator=g)[:per_image]] if per_image < p else one for one in flat]
+
+
 @torch.no_grad()
 def collect_patch_features(model: PatchKnnFamiliarity, samples, size: int, channels: int, max_patches: int,
                            seed: int, progress: bool) -> tuple[torch.Tensor, int]:
@@ -44,11 +56,9 @@ def collect_patch_features(model: PatchKnnFamiliarity, samples, size: int, chann
         f = model.features(images)
         b, d, h, w = f.shape
         if per_image is None:
-            per_image = max(1, min(h * w, max_patches // len(samples)))
-        flat = f.permute(0, 2, 3, 1).reshape(b, h * w, d)
+            per_image = patch_share(len(samples), h * w, max_patches)
         total += b * h * w
-        for one in flat:
-            chunks.append(one[torch.randperm(h * w, generator=g)[:per_image]] if per_image < h * w else one)
+        chunks.extend(draw_patches(f.permute(0, 2, 3, 1).reshape(b, h * w, d), per_image, g))
         bar.update(b)
     bar.close()
     return torch.cat(chunks), total

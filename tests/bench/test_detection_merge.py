@@ -13,18 +13,13 @@ def test_two_runs_keep_each_others_rows(tmp_path):
     path = tmp_path / "detection.json"
     path.write_text(json.dumps([_row(0, "old", 0.5), _row(1, "shared", 0.6)]))
 
-    def start():  # what main() does when a run starts
-        rows = json.loads(path.read_text())
-        return rows, {id(r) for r in rows}, list(rows)
-
-    a, a_loaded, _keep_a = start()
-    b, b_loaded, _keep_b = start()
+    a, b = [], []  # each run's own rows, as main() keeps them
     replace_row(a, _row(2, "from_a", 0.7))
-    merge_into_file(path, a, a_loaded)
-    replace_row(b, _row(1, "shared", 0.9))  # b re-measures a row both runs loaded
-    merge_into_file(path, b, b_loaded)
+    merge_into_file(path, a)
+    replace_row(b, _row(1, "shared", 0.9))  # b re-measures a row that was on disk when both started
+    merge_into_file(path, b)
     replace_row(a, _row(3, "from_a_later", 0.8))
-    final = merge_into_file(path, a, a_loaded)  # a's copy of "shared" is stale and must not win
+    final = merge_into_file(path, a)  # a never held "shared", so its older value cannot come back
 
     by_key = {(r["seed"], r["row"]): r["auroc"] for r in json.loads(path.read_text())}
     assert by_key == {(0, "old"): 0.5, (1, "shared"): 0.9, (2, "from_a"): 0.7, (3, "from_a_later"): 0.8}
