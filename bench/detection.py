@@ -90,10 +90,11 @@ def bank_suffix(bank: int | None) -> str:
 
 
 def run_head_rows(name: str, seeds, ks, results: list, save, backbone: str = "lite0",
-                  bank: int | None = None) -> None:
+                  bank: int | None = None, looks: bool = False) -> None:
     """Per seed: the standardised kNN (k = 0), and per k the patch head and its sum hybrid with that kNN.
     A backbone other than Lite0 suffixes the rows and the run folders with its name; a ``bank`` (coreset
-    size, chosen from 200,000 candidate patches) suffixes the kNN and hybrid rows with ``_bank<N>``."""
+    size, chosen from 200,000 candidate patches) suffixes the kNN and hybrid rows with ``_bank<N>``. ``looks``
+    adds the hybrid with per-look fusion constants (``--looks auto``), rows suffixed ``_looks``."""
     data = DATA[name]
     dataset = load_dataset(data)
     base = ["--data", str(data), "--size", str(SIZE), "--standardize", "--backbone", backbone]
@@ -110,9 +111,16 @@ def run_head_rows(name: str, seeds, ks, results: list, save, backbone: str = "li
             head = d / f"patch_head{suffix}_k{k}"
             m_head = train(["patch-head", *base, "--k", str(k), "--seed", str(seed)], head)
             hy = d / f"hybrid_knn_head{knn_suffix}_k{k}"
-            m_hy = train(["hybrid", "--familiarity", str(knn), "--patch-head", str(head)], hy)
-            for row, run, m in (("patch_knn_std" + knn_suffix, knn, m_knn), ("patch_head" + suffix, head, m_head),
-                                ("hybrid_knn_head" + knn_suffix, hy, m_hy)):
+            # one set of fusion constants: what these rows were measured with before --looks (2026-12-05)
+            m_hy = train(["hybrid", "--familiarity", str(knn), "--patch-head", str(head), "--looks", "1"], hy)
+            rows = [("patch_knn_std" + knn_suffix, knn, m_knn), ("patch_head" + suffix, head, m_head),
+                    ("hybrid_knn_head" + knn_suffix, hy, m_hy)]
+            if looks:  # the same members fused with per-look constants (edge-train hybrid's default since)
+                hy_looks = d / f"hybrid_knn_head{knn_suffix}_looks_k{k}"
+                m_looks = train(["hybrid", "--familiarity", str(knn), "--patch-head", str(head), "--looks", "auto"],
+                                hy_looks)
+                rows.append(("hybrid_knn_head" + knn_suffix + "_looks", hy_looks, m_looks))
+            for row, run, m in rows:
                 pixel = pixel_of(m)
                 replace_row(results, {"data": name, "k": k, "seed": seed, "row": row,
                                       **image_row(*scores_on(run, test)),
@@ -224,6 +232,11 @@ for _variant in ("lite0", "lite2"):
 for _variant in ("lite0", "lite2"):
     for _key in (f"patch_head{variant_suffix(_variant)}", f"hybrid_knn_head{variant_suffix(_variant)}"):
         ROW_NAMES[f"{_key}_h1"] = ROW_NAMES[_key] + ", one head (the old default)"
+# the same members fused with per-look constants (--looks auto, 2026-12-05)
+for _variant in sorted(VARIANTS):
+    _key = f"hybrid_knn_head{variant_suffix(_variant)}"
+    if _key in ROW_NAMES:
+        ROW_NAMES[f"{_key}_looks"] = ROW_NAMES[_key].replace("(sum)", "(sum), per-look constants (--looks auto)")
 # larger coresets (--bank-size): the kNN and its hybrid per variant
 for _variant in sorted(VARIANTS):
     for _bank in BANK_SIZES:
@@ -297,6 +310,9 @@ def main(argv=None) -> int:
     p.add_argument("--bank-size", type=int, choices=BANK_SIZES, default=None,
                    help="coreset size of the patch head rows' kNN, chosen from 200,000 candidate patches "
                         "(default: edge-train's, 4,096 of 200,000); adds rows suffixed _bank<N>")
+    p.add_argument("--looks", action="store_true",
+                   help="also fuse the patch head rows' members with per-look constants (edge-train hybrid "
+                        "--looks auto); adds rows suffixed _looks")
     p.add_argument("--only-head", action="store_true",
                    help="run only the patch head rows, keeping the other rows of docs/bench/detection.json")
     args = p.parse_args(argv)
@@ -314,7 +330,7 @@ def main(argv=None) -> int:
 
     for name in args.data:
         if args.only_head:
-            run_head_rows(name, args.head_seeds, args.ks, results, save, args.backbone, args.bank_size)
+            run_head_rows(name, args.head_seeds, args.ks, results, save, args.backbone, args.bank_size, args.looks)
             continue
         ks = args.twohead_k if args.twohead_only is None else \
             [int(pair.split(":")[1]) for pair in args.twohead_only if pair.split(":")[0] == name]

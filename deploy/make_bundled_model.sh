@@ -14,6 +14,11 @@
 # held-out cells (368 good / 201 defective) the head alone scored AUROC 0.942, misses at 5% FAR 0.274,
 # the hybrid with the kNN (max) 0.926 / 0.294; on the demo cells the kNN raised 5 of the 6 false
 # alarms (good cells of a look the training good cells barely contain). About 25 minutes on 2 cores.
+# LOOKS (default auto, which finds 2 looks here: mono and poly cells) standardises each cell's score against
+# held-out good cells of its own look (docs/twohead.md, "Per-look fusion constants"). With it one shared
+# threshold meets the demo bar (13 of 14 caught, 1 false alarm of 36, as the per-line thresholds without
+# looks did; LOOKS=1: 5 false alarms at the shared threshold), for 0.005 less held-out AUROC (0.936 vs 0.941;
+# misses at the calibrated threshold 58 vs 53 of 201); docs/benchmarks.md, detection_reading, session 16.
 # The manifest gets a calibration entry per line (cell type) besides the shared one: see the end.
 # --heads 1: the committed model is one head; edge-train's default ensemble of 3 (2026-12-05) was
 # measured with 10 and 1 labels, not with this recipe's 500, so the script keeps what was measured.
@@ -23,17 +28,21 @@ SAMPLE=trainer/sample_data/elpv_mini
 DATA=${DATA:-runs/data/elpv_minus_demo}
 RUNS=${RUNS:-runs/bundled}
 OUT=${OUT:-edge/bundled}
-# --backbone lite0: the committed model's (edge-train's default became lite2 on 2026-12-05, measured with 10
-# and 1 labels, not with this recipe)
-COMMON="--data $DATA --k 500 --size 224 --standardize --backbone lite0 --seed 0 --quiet"
+# BACKBONE=lite0 and HEADS=1: the committed model's (edge-train's defaults became lite2 and 3 heads on
+# 2026-12-05, measured with 10 and 1 labels, not with this recipe). Candidates with other values go to their
+# own RUNS and OUT folders, so that the committed model changes only when one is chosen.
+BACKBONE=${BACKBONE:-lite0}
+HEADS=${HEADS:-1}
+COMMON="--data $DATA --k 500 --size 224 --standardize --backbone $BACKBONE --seed 0 --quiet"
 $BIN/python deploy/bundled_training_data.py --elpv ../shared/data/elpv --exclude $SAMPLE --out $DATA
 if [ "${KNN:-0}" = 1 ] && [ ! -f $RUNS/patch_knn/metrics.json ]; then
     $BIN/edge-train familiarity $COMMON --bank-size 1024 --out $RUNS/patch_knn --overwrite
 fi
 [ -f $RUNS/patch_head/metrics.json ] || \
-    $BIN/edge-train patch-head $COMMON --heads 1 ${HEAD_ARGS---tune-from-stage 3 --balance-styles 8} --out $RUNS/patch_head --overwrite
+    $BIN/edge-train patch-head $COMMON --heads $HEADS ${HEAD_ARGS---tune-from-stage 3 --balance-styles 8} --out $RUNS/patch_head --overwrite
 KNN_RUN=$([ "${KNN:-0}" = 1 ] && echo "--familiarity $RUNS/patch_knn" || true)
-$BIN/edge-train hybrid $KNN_RUN --patch-head $RUNS/patch_head --fusion ${FUSION:-max} --out $RUNS/hybrid --overwrite
+$BIN/edge-train hybrid $KNN_RUN --patch-head $RUNS/patch_head --fusion ${FUSION:-max} --looks ${LOOKS:-auto} \
+    --out $RUNS/hybrid --overwrite
 # 5% false alarms at 95% confidence from the run's held-out good cells (300 of them by the default
 # hold-out rule, trainer/run_setup.py validation_count)
 $BIN/edge-calibrate --run $RUNS/hybrid --target-far 0.05 --no-plots

@@ -148,9 +148,27 @@ def add_hybrid_parser(sub) -> None:
     f = hy.add_argument_group("fusion and output")
     f.add_argument("--fusion", default="sum", choices=["sum", "max"],
                    help="sum (default) or max of the members' robust z-scores")
+    f.add_argument("--looks", type=looks_argument, default="auto", metavar="{auto,1,2,...}",
+                   help="fusion constants per look of the part: 'auto' (default) clusters the validation good "
+                        "images by their look (mean pretrained features) and uses 2-4 looks when they form clear "
+                        "groups (silhouette >= 0.2, >= 30 images each), else one set; a number forces that many; "
+                        "1 is one set for all parts. For lines with several variants of a part (ELPV: mono and "
+                        "poly cells); see docs/familiarity.md, 'Looks'")
     f.add_argument("--out", type=Path, required=True, help="hybrid run directory to create")
     f.add_argument("--overwrite", action="store_true", help="replace an existing run directory's files")
     f.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def looks_argument(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"--looks takes 'auto' or a whole number >= 1, got {text!r}")
+    return n
 
 
 def member_argv(name: str, args: argparse.Namespace, out: Path) -> list[str]:
@@ -170,10 +188,13 @@ def member_argv(name: str, args: argparse.Namespace, out: Path) -> list[str]:
 
 def run_hybrid(args: argparse.Namespace) -> dict:
     from trainer.hybrid.train import build_hybrid
+
+    def log(line: str) -> None:
+        print(f"edge-train hybrid: {line}", file=sys.stderr, flush=True)
     given = {name: path for name, path in (("patch_knn", args.familiarity), ("patch_head", args.patch_head),
                                            ("lamp", args.ae), ("two_head", args.scorer)) if path is not None}
     if given:
-        return build_hybrid(given, args.out, args.data, args.overwrite, args.fusion)
+        return build_hybrid(given, args.out, args.data, args.overwrite, args.fusion, args.looks, log)
     if args.data is None:
         raise ValueError("give --data DIR to train the members, or member runs "
                          "(--familiarity/--patch-head/--ae/--scorer) to fuse")
@@ -185,7 +206,7 @@ def run_hybrid(args: argparse.Namespace) -> dict:
         metrics = COMMANDS[member_args.command](member_args)
         print("  " + "\n  ".join(summary_lines(metrics, out)), file=sys.stderr, flush=True)
         runs[name] = out
-    return build_hybrid(runs, args.out, None, args.overwrite, args.fusion)
+    return build_hybrid(runs, args.out, None, args.overwrite, args.fusion, args.looks, log)
 
 
 FAMILIARITY_EPILOG = """\

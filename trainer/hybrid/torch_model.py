@@ -23,11 +23,16 @@ and the image score is ``sum_i z_i`` (rule "sum") or ``max_i z_i`` (rule "max": 
 flagged when any member finds it far from good parts; the novelty paper's argument that a
 familiarity score alone misses truly novel defects). The heatmap is fused by the same rule
 from the maps' own robust statistics.
+
+With per-look constants (fusion "looks", trainer/hybrid/looks.py) each image is standardised against
+the validation good images of its own look: the nearest look center of its look descriptor (the
+spatial means of the shared frozen stage maps) picks the medians and MADs.
 """
 from __future__ import annotations
 
 from typing import NamedTuple
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -62,6 +67,38 @@ class HybridDetector(nn.Module):
             self.register_buffer(f"{part}_center", center, persistent=False)
             self.register_buffer(f"{part}_scale", scale, persistent=False)
         self.feature_source = self._share_features()
+        self.looks = int(fusion.get("looks", {}).get("count", 1))
+        if self.looks > 1:
+            self._set_looks(fusion["looks"])
+
+    def _set_looks(self, looks: dict) -> None:
+        self.look_source = looks["source"]
+        if self.feature_source.get(self.look_source) != self.look_source:
+            raise ValueError(f"the looks are described by member {self.look_source!r}, which does not own a shared "
+                             f"feature extractor in this hybrid")
+        table = {(part, kind): torch.tensor([[float(look[n][part][kind]) for n in self.names]
+                                             for look in looks["members"]])
+                 for part in ("score", "map") for kind in ("center", "scale")}
+        mean, sd = torch.tensor(looks["descriptor_mean"]), torch.tensor(looks["descriptor_sd"])
+        centers = torch.tensor(looks["centers"])
+        if centers.shape[0] != self.looks or any(t.shape != (self.looks, len(self.names)) for t in table.values()):
+            raise ValueError(f"the looks entry holds {centers.shape[0]} centers for {self.looks} looks, or "
+                             f"constants of other members than {self.names}")
+        finite = all(torch.isfinite(t).all() for t in (*table.values(), mean, sd, centers))
+        if not (finite and all((table[(p, "scale")] > 0).all() for p in ("score", "map")) and (sd > 0).all()):
+            raise ValueError("per-look fusion constants must be finite with scales > 0")
+        for (part, kind), t in table.items():
+            self.register_buffer(f"look_{part}_{kind}", t, persistent=False)  # (looks, members)
+        self.register_buffer("look_mean", mean, persistent=False)
+        self.register_buffer("look_sd", sd, persistent=False)
+        self.register_buffer("look_centers", centers, persistent=False)
+
+    def look_of(self, maps: list[torch.Tensor]) -> torch.Tensor:
+        """(B,) index of each image's nearest look center, from the look source's stage maps."""
+        d = (descriptor_of(maps) - self.look_mean) / self.look_sd
+        c = self.look_centers
+        # |d - c|^2 without the |d|^2 term, which is the same for every center: a MatMul and an ArgMin
+        return ((c * c).sum(1) - 2 * d @ c.t()).argmin(1)
 
     def _share_features(self) -> dict[str, str]:
         """member -> the member whose feature extractor it uses (alike extractors become one module)."""
@@ -93,11 +130,38 @@ class HybridDetector(nn.Module):
             if owner not in maps:
                 maps[owner] = member.features.stage_maps(images)
             outs.append(member.scores_from_maps(maps[owner], images.shape[-2:]))
-        z = (torch.stack([o.score for o in outs], 1) - self.score_center) / self.score_scale
-        maps = torch.stack([o.anomaly_map[:, 0] for o in outs], 1)  # (B, M, H, W)
-        zmap = (maps - self.map_center.view(1, -1, 1, 1)) / self.map_scale.view(1, -1, 1, 1)
+        scores = torch.stack([o.score for o in outs], 1)            # (B, M)
+        member_maps = torch.stack([o.anomaly_map[:, 0] for o in outs], 1)  # (B, M, H, W)
+        if self.looks > 1:
+            look = self.look_of(maps[self.look_source])
+            z = (scores - self.look_score_center[look]) / self.look_score_scale[look]
+            zmap = ((member_maps - self.look_map_center[look][:, :, None, None])
+                    / self.look_map_scale[look][:, :, None, None])
+        else:
+            z = (scores - self.score_center) / self.score_scale
+            zmap = (member_maps - self.map_center.view(1, -1, 1, 1)) / self.map_scale.view(1, -1, 1, 1)
         return HybridOutput(score=self._combine(z, 1), anomaly_map=self._combine(zmap, 1).unsqueeze(1),
                             member_scores=z)
+
+
+def look_source(members: dict[str, nn.Module]) -> str | None:
+    """The member whose shared frozen feature extractor describes a part's look (the first one that has
+    one, as in ``HybridDetector._share_features``), or None."""
+    return next((name for name, m in members.items()
+                 if isinstance(getattr(m, "features", None), PatchFeatureExtractor)
+                 and hasattr(m, "scores_from_maps")), None)
+
+
+def descriptor_of(maps: list[torch.Tensor]) -> torch.Tensor:
+    """Stage maps [(B, C_s, h_s, w_s)] -> look descriptor (B, sum C_s): each map's spatial mean."""
+    return torch.cat([m.mean(dim=(2, 3)) for m in maps], dim=1)
+
+
+@torch.no_grad()
+def look_descriptors(member: nn.Module, images: torch.Tensor, batch_size: int = 32) -> np.ndarray:
+    """Look descriptors (N, D) of images with ``member``'s frozen feature extractor."""
+    return torch.cat([descriptor_of(member.features.stage_maps(images[i:i + batch_size]))
+                      for i in range(0, len(images), batch_size)]).double().numpy()
 
 
 def same_weights(a: nn.Module, b: nn.Module) -> bool:

@@ -16,7 +16,7 @@ from trainer.artifacts import RUN_FORMAT_VERSION, read_json, sha256_file, write_
 from trainer.checkpoint import (FAMILIARITY_KIND, HYBRID_KIND, LAMP_KIND, PATCH_HEAD_KIND, SCORER_KIND, build_model,
                                 read_checkpoint, write_payload)
 from trainer.evaluate import evaluate_split, image_metrics
-from trainer.hybrid.fusion import fit_fusion
+from trainer.hybrid.fusion import describe_choice, fit_fusion
 from trainer.hybrid.torch_model import HybridDetector
 from trainer.metrics import fnr_at_far
 from trainer.runs import run_samples
@@ -26,6 +26,7 @@ from trainer.visualize import save_examples
 MEMBER_OF_KIND = {FAMILIARITY_KIND: "patch_knn", LAMP_KIND: "lamp", SCORER_KIND: "two_head",
                   PATCH_HEAD_KIND: "patch_head"}
 HYBRID_FORMAT = 2  # members by name + per-member fusion statistics
+HYBRID_FORMAT_LOOKS = 3  # ... + per-look statistics (fusion "looks"); older readers would ignore them
 
 
 def _train_good(split_doc: dict) -> set[str]:
@@ -65,8 +66,9 @@ def read_member_runs(member_runs: dict[str, Path]) -> dict[str, tuple[dict, dict
 
 
 def build_hybrid(member_runs: dict[str, Path], out_dir: Path, data_root: Path | None = None,
-                 overwrite: bool = False, rule: str = "sum") -> dict:
-    """Fuse member runs (name -> run dir: patch_knn, patch_head, lamp, two_head) into a hybrid run."""
+                 overwrite: bool = False, rule: str = "sum", looks: int | str = 1, log=None) -> dict:
+    """Fuse member runs (name -> run dir: patch_knn, patch_head, lamp, two_head) into a hybrid run.
+    ``looks``: one set of fusion constants (1), a number of looks, or "auto" (trainer/hybrid/looks.py)."""
     out_dir = Path(out_dir)
     checkpoint = out_dir / "checkpoint.pt"
     if checkpoint.exists() and not overwrite:
@@ -81,15 +83,17 @@ def build_hybrid(member_runs: dict[str, Path], out_dir: Path, data_root: Path | 
     preprocess = next(iter(runs.values()))[1]["preprocess"]
     size, channels = preprocess["size"], preprocess["channels"]
     members = {name: build_model(ckpt) for name, (_, ckpt) in runs.items()}
-    fusion = fit_fusion(members, load_images(val, size, channels), rule)
+    fusion = fit_fusion(members, load_images(val, size, channels), rule, looks, seed=split_doc["seed"])
+    if log is not None:
+        log(describe_choice(fusion))
     hybrid = HybridDetector(members, fusion).eval()
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_payload(checkpoint, {"kind": HYBRID_KIND, "hybrid_format": HYBRID_FORMAT, "preprocess": preprocess,
+    write_payload(checkpoint, {"kind": HYBRID_KIND, "hybrid_format": HYBRID_FORMAT_LOOKS if "looks" in fusion else HYBRID_FORMAT, "preprocess": preprocess,
                                "data_fingerprint": split_doc["data_fingerprint"], "fusion": fusion,
                                "members": {name: ckpt for name, (_, ckpt) in runs.items()}})
     write_json(out_dir / "config.json", {
-        "format_version": RUN_FORMAT_VERSION, "model": HYBRID_KIND, "fusion_rule": rule,
+        "format_version": RUN_FORMAT_VERSION, "model": HYBRID_KIND, "fusion_rule": rule, "looks": looks,
         "members": {name: {"run": str(run), "checkpoint_sha256": sha256_file(Path(run) / "checkpoint.pt")}
                     for name, run in member_runs.items()}})
     write_json(out_dir / "split.json", split_doc)

@@ -22,17 +22,7 @@ from __future__ import annotations
 
 import torch
 
-
-def kmeans(x: torch.Tensor, clusters: int, seed: int, iterations: int = 50) -> torch.Tensor:
-    """Cluster index of each row of ``x`` (Lloyd's algorithm from ``clusters`` seeded distinct rows)."""
-    g = torch.Generator().manual_seed(seed)
-    centers = x[torch.randperm(len(x), generator=g)[:clusters]].clone()
-    assign = torch.zeros(len(x), dtype=torch.long)
-    for _ in range(iterations):
-        assign = torch.cdist(x, centers).argmin(1)
-        centers = torch.stack([x[assign == c].mean(0) if (assign == c).any() else centers[c]
-                               for c in range(len(centers))])
-    return assign
+from trainer.clustering import kmeans
 
 
 def style_balanced_weights(descriptors: torch.Tensor, labels: torch.Tensor, clusters: int, seed: int,

