@@ -176,3 +176,25 @@ def test_looks_argument_is_checked(two_look_runs, tmp_path, capsys):
     assert "--looks takes 'auto'" in capsys.readouterr().err
     assert main(["hybrid", "--familiarity", str(root / "knn"), "--looks", "4", "--out", str(tmp_path / "y")]) == 2
     assert "fewer looks" in capsys.readouterr().err
+
+
+def test_looks_add_no_backbone_weights_to_a_re_trained_head(two_look_runs, tmp_path):
+    """A head that re-trains stages 3-4 uses its own copies of them: its looks are described with the frozen
+    stage it uses (stage 2), so the frozen deeper blocks stay out of the exported graph."""
+    onnx = pytest.importorskip("onnx")
+    from deploy.export import export_onnx
+    data, _ = two_look_runs
+    head = tmp_path / "head"
+    assert main(["patch-head", "--data", str(data), "--k", "4", "--size", str(SIZE), "--tune-from-stage", "3",
+                 "--backbone", "lite0", "--val-fraction", "0.5", "--quiet", "--threads", "2", "--out", str(head)]) == 0
+    weights = {}
+    for looks in ("2", "1"):
+        out = tmp_path / f"hy{looks}"
+        assert main(["hybrid", "--patch-head", str(head), "--looks", looks, "--out", str(out)]) == 0
+        export_onnx(out, tmp_path / f"hy{looks}.onnx")
+        graph = onnx.load(str(tmp_path / f"hy{looks}.onnx")).graph
+        conv_weights = {n.input[1] for n in graph.node if n.op_type == "Conv"}
+        weights[looks] = sorted(tuple(i.dims) for i in graph.initializer if i.name in conv_weights)
+    model, _ = load_checkpoint(tmp_path / "hy2" / "checkpoint.pt", "hybrid")
+    assert model.looks == 2 and model.look_centers.shape[1] == model.members["patch_head"].features.backbone.stage_channels[2]
+    assert len(weights["1"]) > 20 and weights["2"] == weights["1"]
