@@ -89,6 +89,11 @@ def bank_suffix(bank: int | None) -> str:
     return "" if bank is None else f"_bank{bank}"
 
 
+# Hybrid rows other than "_looks" use one set of fusion constants: what they were measured with before
+# edge-train hybrid's --looks default became auto (2026-12-05, session 16)
+ONE_SET = ["--looks", "1"]
+
+
 def run_head_rows(name: str, seeds, ks, results: list, save, backbone: str = "lite0",
                   bank: int | None = None, looks: bool = False) -> None:
     """Per seed: the standardised kNN (k = 0), and per k the patch head and its sum hybrid with that kNN.
@@ -111,8 +116,7 @@ def run_head_rows(name: str, seeds, ks, results: list, save, backbone: str = "li
             head = d / f"patch_head{suffix}_k{k}"
             m_head = train(["patch-head", *base, "--k", str(k), "--seed", str(seed)], head)
             hy = d / f"hybrid_knn_head{knn_suffix}_k{k}"
-            # one set of fusion constants: what these rows were measured with before --looks (2026-12-05)
-            m_hy = train(["hybrid", "--familiarity", str(knn), "--patch-head", str(head), "--looks", "1"], hy)
+            m_hy = train(["hybrid", "--familiarity", str(knn), "--patch-head", str(head), *ONE_SET], hy)
             rows = [("patch_knn_std" + knn_suffix, knn, m_knn), ("patch_head" + suffix, head, m_head),
                     ("hybrid_knn_head" + knn_suffix, hy, m_hy)]
             if looks:  # the same members fused with per-look constants (edge-train hybrid's default since)
@@ -168,7 +172,7 @@ def run_dataset(name: str, seeds, lamp_seeds, twohead_seeds, twohead_ks, ks, res
             label_free["lamp"] = (d / "lamp", m)
             for rule in ("sum", "max"):
                 m = train(["hybrid", "--familiarity", str(d / "patch_knn"), "--ae", str(d / "lamp"),
-                           "--fusion", rule], d / f"hybrid_knn_lamp_{rule}")
+                           "--fusion", rule, *ONE_SET], d / f"hybrid_knn_lamp_{rule}")
                 label_free[f"hybrid_knn_lamp_{rule}"] = (d / f"hybrid_knn_lamp_{rule}", m)
         for k in ks:
             split = open_set_split(dataset, k, seed, 0.25)
@@ -193,7 +197,8 @@ def run_dataset(name: str, seeds, lamp_seeds, twohead_seeds, twohead_ks, ks, res
                                           **image_row(*scores_on(sc, test)), "train_seconds": m["train"]["seconds"]})
                     for rule in ("sum", "max") if aug == "saliencycut" else ("sum",):
                         hy = d / f"hybrid_knn_twohead{tag}_k{k}_{rule}"
-                        m = train(["hybrid", "--familiarity", str(knn), "--scorer", str(sc), "--fusion", rule], hy)
+                        m = train(["hybrid", "--familiarity", str(knn), "--scorer", str(sc), "--fusion", rule,
+                                   *ONE_SET], hy)
                         replace_row(results, {"data": name, "k": k, "seed": seed,
                                               "row": f"hybrid_knn_twohead{tag}_{rule}", **image_row(*scores_on(hy, test)),
                                               **({"pixel": pixel_of(m)} if pixel_of(m) else {})})
