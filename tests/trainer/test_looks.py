@@ -200,3 +200,24 @@ def test_looks_add_no_backbone_weights_to_a_re_trained_head(two_look_runs, tmp_p
     stage2 = model.members["patch_head"].features.backbone.stage_channels[2]
     assert model.looks == 2 and model.look_centers.shape[1] == stage2  # the descriptor: stage 2 only
     assert len(weights["1"]) > 20 and weights["2"] == weights["1"]
+
+
+def test_a_damaged_looks_entry_is_refused_with_a_reason(two_look_runs):
+    from trainer.hybrid import HybridDetector
+    _, root = two_look_runs
+    fusion = json.loads((root / "hy_auto" / "fusion.json").read_text())
+    knn, _ = load_checkpoint(root / "knn" / "checkpoint.pt")
+    assert HybridDetector({"patch_knn": knn}, fusion).looks == 2
+    for damage in ("nan", "zero scale", "missing member", "centers"):
+        doc = json.loads(json.dumps(fusion))
+        looks = doc["looks"]
+        if damage == "nan":
+            looks["members"][1]["patch_knn"]["score"]["center"] = float("nan")
+        elif damage == "zero scale":
+            looks["members"][0]["patch_knn"]["map"]["scale"] = 0.0
+        elif damage == "missing member":
+            del looks["members"][0]["patch_knn"]
+        else:
+            looks["centers"] = looks["centers"][:1]
+        with pytest.raises(ValueError, match="looks|per-look"):
+            HybridDetector({"patch_knn": knn}, doc)

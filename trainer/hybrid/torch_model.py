@@ -76,11 +76,15 @@ class HybridDetector(nn.Module):
         if self.feature_source.get(self.look_source) != self.look_source:
             raise ValueError(f"the looks are described by member {self.look_source!r}, which does not own a shared "
                              f"feature extractor in this hybrid")
-        table = {(part, kind): torch.tensor([[float(look[n][part][kind]) for n in self.names]
-                                             for look in looks["members"]])
-                 for part in ("score", "map") for kind in ("center", "scale")}
-        mean, sd = torch.tensor(looks["descriptor_mean"]), torch.tensor(looks["descriptor_sd"])
-        centers = torch.tensor(looks["centers"])
+        try:
+            table = {(part, kind): torch.tensor([[float(look[n][part][kind]) for n in self.names]
+                                                 for look in looks["members"]])
+                     for part in ("score", "map") for kind in ("center", "scale")}
+            mean, sd = torch.tensor(looks["descriptor_mean"]), torch.tensor(looks["descriptor_sd"])
+            centers = torch.tensor(looks["centers"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"the fusion's looks entry is incomplete or malformed ({e!r}): re-fuse the members "
+                             f"with edge-train hybrid") from e
         if centers.shape[0] != self.looks or any(t.shape != (self.looks, len(self.names)) for t in table.values()):
             raise ValueError(f"the looks entry holds {centers.shape[0]} centers for {self.looks} looks, or "
                              f"constants of other members than {self.names}")
