@@ -114,7 +114,8 @@ def split_parts(labels: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
 def fit_and_score(model: PatchKnnFamiliarity, feats: torch.Tensor, train: np.ndarray, test: np.ndarray,
                   train_cfg: FamiliarityTrainConfig, size: int, seed: int) -> tuple[np.ndarray, float]:
     """Bank from the training parts' patches, drawn as `edge-train familiarity` draws them (at most
-    max_candidates, the same share from every view, seeded), greedy coreset; returns the test parts' scores (largest over views) and seconds."""
+    max_candidates, the same share from every view, seeded), greedy coreset; returns the test parts' scores
+    (largest over views) and seconds."""
     start = time.perf_counter()
     train_f = feats[train].flatten(0, 1)  # (views, D, h, w)
     n_views, d, h, w = train_f.shape

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from trainer.evaluate import predict
-from trainer.hybrid.looks import fit_looks
+from trainer.hybrid.looks import fit_looks, member_constants
 from trainer.hybrid.torch_model import look_descriptors, look_source
 from trainer.robust import robust_center_scale  # one definition (re-exported by trainer.hybrid)
 
@@ -15,9 +15,7 @@ def fit_fusion(members: dict[str, nn.Module], val_good: torch.Tensor, rule: str 
     """Per member: median and scaled MAD of its image scores and of all its map pixels; with ``looks``
     (a number > 1 or "auto") also per look of the validation good images (trainer/hybrid/looks.py)."""
     outputs = {name: predict(member, val_good) for name, member in members.items()}
-    stats = {name: {part: dict(zip(("center", "scale"), robust_center_scale(v)))
-                    for part, v in (("score", scores), ("map", maps))}
-             for name, (scores, maps) in outputs.items()}
+    stats = {name: member_constants(scores, maps) for name, (scores, maps) in outputs.items()}
     combine = "sum" if rule == "sum" else "max"
     doc = {"members": stats, "order": list(members), "rule_name": rule, "n_validation_good": len(val_good),
            "rule": f"score = {combine}_i z_i; z_i = (s_i - median) / (1.4826 MAD) over the validation good images"}

@@ -40,11 +40,26 @@ AUTO_SILHOUETTE = 0.2     # mean silhouette above which auto takes the looks as 
 AUTO_CANDIDATES = (2, 3, 4)
 
 
+def member_constants(scores: np.ndarray, maps: np.ndarray) -> dict:
+    """A member's fusion constants from its outputs on good images: median and 1.4826 MAD of its image
+    scores and of all its map pixels (the one-set fusion and each look use the same estimate)."""
+    return {part: dict(zip(("center", "scale"), robust_center_scale(v))) for part, v in (("score", scores),
+                                                                                          ("map", maps))}
+
+
 def standardise_descriptors(descriptors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per-channel mean and SD (floored) of the validation good descriptors (N, D)."""
     mean = descriptors.mean(0)
     sd = np.maximum(descriptors.std(0), 1e-6)
     return mean, sd
+
+
+def _cluster(x: torch.Tensor, count: int, seed: int):
+    """(best k-means of ``count`` clusters, the size of each of the ``count`` looks; 0 for one that came out
+    empty, so that a size check refuses it)."""
+    fit = best_kmeans(x, count, seed)
+    sizes = np.bincount(fit.assign.numpy(), minlength=count).tolist()
+    return fit, sizes
 
 
 def choose_looks(descriptors: np.ndarray, looks: int | str, seed: int = 0) -> tuple[int, np.ndarray, np.ndarray, dict]:
@@ -60,9 +75,8 @@ def choose_looks(descriptors: np.ndarray, looks: int | str, seed: int = 0) -> tu
             if n < c * MIN_LOOK_IMAGES:
                 report["refused"][c] = f"{n} validation good images are too few for {c} looks of {MIN_LOOK_IMAGES}"
                 continue
-            fit = best_kmeans(x, c, seed)
-            sizes = np.bincount(fit.assign.numpy(), minlength=len(fit.centers)).tolist()
-            if len(fit.centers) < c or min(sizes) < max(MIN_LOOK_IMAGES, MIN_LOOK_SHARE * n):
+            fit, sizes = _cluster(x, c, seed)
+            if min(sizes) < max(MIN_LOOK_IMAGES, MIN_LOOK_SHARE * n):
                 report["refused"][c] = f"a look of {min(sizes)} images (sizes {sizes})"
                 continue
             s = silhouette(x, fit.assign)
@@ -86,9 +100,8 @@ def choose_looks(descriptors: np.ndarray, looks: int | str, seed: int = 0) -> tu
     if n < looks * MIN_LOOK_IMAGES:
         raise ValueError(f"{looks} looks need at least {looks * MIN_LOOK_IMAGES} validation good images "
                          f"({MIN_LOOK_IMAGES} each), the run has {n}: ask for fewer looks (--looks)")
-    fit = best_kmeans(x, looks, seed)
-    sizes = np.bincount(fit.assign.numpy(), minlength=len(fit.centers)).tolist()
-    if len(fit.centers) < looks or min(sizes) < MIN_LOOK_IMAGES:
+    fit, sizes = _cluster(x, looks, seed)
+    if min(sizes) < MIN_LOOK_IMAGES:
         raise ValueError(f"{looks} looks of the validation good images leave a look of {min(sizes)} images "
                          f"(sizes {sizes}; each needs >= {MIN_LOOK_IMAGES} for its median and MAD): "
                          f"ask for fewer looks (--looks), or 'auto'")
@@ -108,9 +121,7 @@ def fit_looks(descriptors: np.ndarray, outputs: dict[str, tuple[np.ndarray, np.n
     per_look = []
     for c in range(count):
         sel = assign == c
-        per_look.append({name: {part: dict(zip(("center", "scale"), robust_center_scale(v[sel])))
-                                for part, v in (("score", scores), ("map", maps))}
-                         for name, (scores, maps) in outputs.items()})
+        per_look.append({name: member_constants(scores[sel], maps[sel]) for name, (scores, maps) in outputs.items()})
     return {"count": count, "descriptor_mean": mean.tolist(), "descriptor_sd": sd.tolist(),
             "centers": centers.tolist(), "members": per_look,
             "n_validation_good": np.bincount(assign, minlength=count).tolist(),
