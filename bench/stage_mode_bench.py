@@ -14,7 +14,10 @@ Two measurements, both stage modes in the same run, interleaved (the order flips
    processes mode, one in threads mode): counted apart as "ZeroMQ I/O". CPU ms per frame over the
    steady part: from the first sample after the first alert to the last sample, per alert received
    in between (the engine's load and the interpreters' start are not counted). Also the run's
-   capture->alert p50/p99 (edge-run's summary).
+   capture->alert p50/p99 (edge-run's summary). The reference, in the same rounds: the bare
+   engine at batch 1 called at the same pace by a fresh process (bench/pipeline_bench.py's bare
+   loop), its whole CPU per call: "total / engine" is what the stages cost on top of the call
+   (issue 15: little more than the engine call itself).
 2. **Multi-camera scaling.** N simulated cameras (``--source camI=<folder>`` each, paced at
    ``--camera-fps``, drop mode: a camera the pipeline cannot keep up with loses frames, counted),
    one engine shared through the score stage's deadline batcher, for ``--camera-seconds``: frames
@@ -43,7 +46,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from pipeline_bench import children, make_folder, pct, proc_stat  # noqa: E402
+from pipeline_bench import children, make_folder, pct, proc_stat, run_bare  # noqa: E402
 from report import write_section  # noqa: E402
 from transport_bench import free_port  # noqa: E402
 
@@ -187,13 +190,19 @@ def main() -> None:
     modes = list(args.modes)
     result = {"started": time.strftime("%Y-%m-%d %H:%M:%S"), "args": vars(args) | {"json": str(args.json)},
               "cpu_count": os.cpu_count(), "loadavg_at_start": os.getloadavg(), "note": args.note,
-              "paced": {m: [] for m in modes}, "paced_video": {m: [] for m in modes}, "scaling": []}
+              "paced": {m: [] for m in modes}, "paced_video": {m: [] for m in modes}, "bare_b1_paced": [],
+              "scaling": []}
     with tempfile.TemporaryDirectory(prefix="edge-stage-modes-") as d:
         tmp = Path(d)
         sources = {"paced": make_folder(tmp, "paced", args.paced_frames)}
         if not args.no_video:
             sources["paced_video"] = make_video(tmp, args.paced_frames)
         for r in range(args.rounds):
+            bare = run_bare(sources["paced"], 1, args.paced_frames, pace_s=1 / args.paced_fps)
+            bare["round"] = r
+            result["bare_b1_paced"].append(bare)
+            print(f"[bare engine, batch 1, {args.paced_fps:g}/s, round {r + 1}] {bare['cpu_ms_per_frame']:.2f} CPU ms "
+                  f"per call, call p50 {bare['call_ms_p50']:.2f} p99 {bare['call_ms_p99']:.2f} ms", flush=True)
             for kind, mode in [(k, m) for k in sources for m in (modes if r % 2 == 0 else modes[::-1])]:
                 res = run_edge(mode, ["--source", str(sources[kind]), "--no-drop"], ["--fps", f"{args.paced_fps:g}"], tmp,
                                f"{kind}-{mode}-{r}", 120 + 3 * args.paced_frames / args.paced_fps)
@@ -255,8 +264,9 @@ def markdown(result: dict) -> list[str]:
            f"**CPU per frame at {a['paced_fps']:g} frames/s** (one camera, {a['paced_frames']} frames, "
            f"`--no-drop`, the bundled model; median of {a['rounds']} round(s); ms of CPU per judged frame, by the "
            "thread names edge-run gives its stages; ZeroMQ I/O = libzmq's own threads):", "",
-           "| source | stage mode | capture | preprocess | score | alert | ZeroMQ I/O | other | total | capture->alert "
-           "p50 / p99 (ms) | load average (1 min) |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+           "| source | stage mode | capture | preprocess | score | alert | ZeroMQ I/O | other | total | total / engine "
+           "| capture->alert p50 / p99 (ms) | load average (1 min) |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    engine = _med(b["cpu_ms_per_frame"] for b in result.get("bare_b1_paced", []))
     labels = {"paced": "bundled cells (PNG, ~300x300 mono)", "paced_video": "1920x1080 colour MJPEG"}
     for kind, mode, runs in [(k, m, rs) for k in labels for m, rs in result.get(k, {}).items()]:
         label = labels[kind]
@@ -264,13 +274,22 @@ def markdown(result: dict) -> list[str]:
         if not runs:
             continue
         if not ok:
-            out.append(f"| {label} | {mode} | failed | | | | | | | | |")
+            out.append(f"| {label} | {mode} | failed | | | | | | | | | |")
             continue
         cells = [_f(_med(r["cpu_ms_per_frame"][g] for r in ok)) for g in GROUPS]
-        out.append(f"| {label} | {mode} | " + " | ".join(cells) + f" | {_f(_med(r['cpu_ms_per_frame_total'] for r in ok))} | "
-                   f"{_f(_med(r['summary']['latency_ms_p50'] for r in ok), '.1f')} / "
+        total = _med(r['cpu_ms_per_frame_total'] for r in ok)
+        out.append(f"| {label} | {mode} | " + " | ".join(cells) + f" | {_f(total)} | "
+                   f"{_f(total / engine if engine else None)}x | {_f(_med(r['summary']['latency_ms_p50'] for r in ok), '.1f')} / "
                    f"{_f(_med(r['summary']['latency_ms_p99'] for r in ok), '.1f')} | "
                    f"{_f(_med(r['loadavg_1min'] for r in ok), '.1f')} |")
+    if engine:
+        bare = result["bare_b1_paced"]
+        out += ["", f"The engine call alone (the reference of `total / engine`): the bare backend at batch 1, one call "
+                f"every {1000 / a['paced_fps']:g} ms, a fresh process: **{engine:.2f} CPU ms per call** (median of "
+                f"{len(bare)} rounds: " + ", ".join(f"{b['cpu_ms_per_frame']:.2f}" for b in bare) + "; call p50 "
+                f"{_f(_med(b['call_ms_p50'] for b in bare))} ms, p99 {_f(_med(b['call_ms_p99'] for b in bare))} ms). "
+                "The same model and pixels as the pipeline rows; the pipeline's own score stage also stacks, scales "
+                "and sends."]
     out += ["", f"**Multi-camera scaling**: N simulated cameras (the bundled cells, looped), each paced at "
             f"{a['camera_fps']:g} frames/s, drop mode, {a['camera_seconds']:g} s each, one engine shared through the "
             "score stage's deadline batcher (`--max-queue-delay-ms` default):", "",
