@@ -221,3 +221,28 @@ def test_a_damaged_looks_entry_is_refused_with_a_reason(two_look_runs):
             looks["centers"] = looks["centers"][:1]
         with pytest.raises(ValueError, match="looks|per-look"):
             HybridDetector({"patch_knn": knn}, doc)
+
+
+def test_the_fusion_is_fitted_in_one_backbone_pass_with_the_members_own_outputs(two_look_runs):
+    """fit_fusion runs the hybrid once over the validation images: members that share a backbone (here two
+    kNN members from one run) and the look descriptor cost one backbone pass, and each member's constants are
+    still the robust statistics of that member's own outputs."""
+    from trainer.hybrid import fit_fusion
+    data, root = two_look_runs
+    split = json.loads((root / "hy_auto" / "split.json").read_text())
+    by_path = {s.path.relative_to(data).as_posix(): s for s in load_dataset(data).samples}
+    images = load_images([by_path[p] for p in split["validation_good"]], SIZE, 1)
+    a, _ = load_checkpoint(root / "knn" / "checkpoint.pt")
+    b, _ = load_checkpoint(root / "knn" / "checkpoint.pt")
+    expected = {name: predict(m, images) for name, m in (("patch_knn", a), ("patch_knn_copy", b))}
+    calls = []
+    original = a.features.stage_maps
+    a.features.stage_maps = lambda x: calls.append(len(x)) or original(x)
+    fusion = fit_fusion({"patch_knn": a, "patch_knn_copy": b}, images, "sum", "auto", seed=0)
+    assert sum(calls) == len(images), calls          # each validation image through the backbone once
+    assert fusion["looks"]["count"] == 2
+    for name, (scores, maps) in expected.items():
+        for part, values in (("score", scores), ("map", maps)):
+            center, scale = robust_center_scale(values)
+            got = fusion["members"][name][part]
+            assert got["center"] == pytest.approx(center, rel=1e-5) and got["scale"] == pytest.approx(scale, rel=1e-5)

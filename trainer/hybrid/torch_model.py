@@ -123,7 +123,9 @@ class HybridDetector(nn.Module):
     def _combine(self, z: torch.Tensor, dim: int) -> torch.Tensor:
         return z.sum(dim) if self.rule == "sum" else z.amax(dim)
 
-    def forward(self, images: torch.Tensor) -> HybridOutput:
+    def member_outputs(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict[str, list[torch.Tensor]]]:
+        """Each member's raw score (B, M) and map (B, M, H, W), before fusion, and the shared extractors'
+        stage maps (owner -> maps): the backbone runs once for all members that share it."""
         maps: dict[str, list[torch.Tensor]] = {}
         outs = []
         for n in self.names:
@@ -136,6 +138,10 @@ class HybridDetector(nn.Module):
             outs.append(member.scores_from_maps(maps[owner], images.shape[-2:]))
         scores = torch.stack([o.score for o in outs], 1)            # (B, M)
         member_maps = torch.stack([o.anomaly_map[:, 0] for o in outs], 1)  # (B, M, H, W)
+        return scores, member_maps, maps
+
+    def forward(self, images: torch.Tensor) -> HybridOutput:
+        scores, member_maps, maps = self.member_outputs(images)
         if self.looks > 1:
             look = self.look_of(look_maps(self.members[self.look_source], maps[self.look_source]))
             z = (scores - self.look_score_center[look]) / self.look_score_scale[look]
@@ -167,13 +173,6 @@ def look_maps(member: nn.Module, maps: list[torch.Tensor]) -> list[torch.Tensor]
 def descriptor_of(maps: list[torch.Tensor]) -> torch.Tensor:
     """Stage maps [(B, C_s, h_s, w_s)] -> look descriptor (B, sum C_s): each map's spatial mean."""
     return torch.cat([m.mean(dim=(2, 3)) for m in maps], dim=1)
-
-
-@torch.no_grad()
-def look_descriptors(member: nn.Module, images: torch.Tensor, batch_size: int = 32) -> np.ndarray:
-    """Look descriptors (N, D) of images with ``member``'s frozen feature extractor."""
-    return torch.cat([descriptor_of(look_maps(member, member.features.stage_maps(images[i:i + batch_size])))
-                      for i in range(0, len(images), batch_size)]).double().numpy()
 
 
 def same_weights(a: nn.Module, b: nn.Module) -> bool:
