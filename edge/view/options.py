@@ -14,6 +14,8 @@ from edge.view.server import ViewServer, is_loopback, read_token
 
 log = logging.getLogger("edge")
 
+PREVIEW_FPS = 2.0   # the newest frame per camera, at most this often, to a connected view
+
 
 def add_view_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("operator's screen (docs/view.md)")
@@ -26,7 +28,7 @@ def add_view_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--view-token-file", default=None, metavar="FILE",
                    help="a file whose first line is the view's token (16+ characters): every page request and the "
                         "camera API (add / remove cameras, 'Authorization: Bearer <token>') then need it")
-    g.add_argument("--preview-fps", type=float, default=2.0, metavar="F",
+    g.add_argument("--preview-fps", type=float, default=PREVIEW_FPS, metavar="F",
                    help="newest frame per camera sent to the view at most F times a second (default 2)")
 
 
@@ -34,8 +36,9 @@ def configure_view(cfg, a: argparse.Namespace, stages: list[str]) -> str | None:
     """Check the view options and set the preview / control endpoints (private ipc:// beside the run's
     metrics socket). Returns the token (None without one); SystemExit with the reason otherwise."""
     if a.view_port is None:
-        if a.view_token_file or a.view_bind != "127.0.0.1":
-            raise SystemExit("edge-run: --view-bind and --view-token-file need --view-port")
+        # said, not ignored: a view option without the view is a mistake (and NaN is no rate)
+        if a.view_token_file or a.view_bind != "127.0.0.1" or a.preview_fps != PREVIEW_FPS:
+            raise SystemExit("edge-run: --view-bind, --view-token-file and --preview-fps need --view-port")
         return None
     if not 0 <= a.view_port <= 65535:
         raise SystemExit(f"edge-run: --view-port {a.view_port}: a TCP port (1-65535, 0 = any free one)")

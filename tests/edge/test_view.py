@@ -190,6 +190,7 @@ def test_binding_beyond_loopback_needs_a_token_and_tokens_are_checked(tmp_path):
 @pytest.mark.parametrize("args, says", [
     (["--view-port", "0", "--view-bind", "0.0.0.0"], "--view-token-file"),
     (["--view-token-file", "/nonexistent"], "need --view-port"),
+    (["--preview-fps", "nan"], "need --view-port"),
     (["--view-port", "0", "--preview-fps", "0"], "--preview-fps"),
     (["--view-port", "0", "--stages", "capture,preprocess,score"], "alert stage"),
 ])
