@@ -105,6 +105,11 @@ def check_arguments(p: argparse.ArgumentParser, args: argparse.Namespace) -> Non
         p.error("--update goes with --engine (the engine whose manifest it is), without --run")
     if args.run is None and (args.data or args.int8):
         p.error("--data and --int8 need --run (they read the run's split)")
+    # before any work: a count or area below zero is a typo, not a setting
+    if args.int8 < 0:
+        p.error(f"--int8 {args.int8}: the number of calibration images must be 0 (none) or more")
+    if args.min_region_area is not None and args.min_region_area < 1:
+        p.error(f"--min-region-area {args.min_region_area}: a region is at least 1 heatmap pixel")
 
 
 def run_calibration(args: argparse.Namespace) -> dict:

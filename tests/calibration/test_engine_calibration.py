@@ -122,7 +122,9 @@ def test_cli_refuses_engine_without_good_images_and_mixed_modes(tmp_path, capsys
     engine = write_tiny_engine(tmp_path / "model.onnx")
     for argv, says in ((["--engine", str(engine)], "--engine needs --good"),
                        (["--run", str(tmp_path), "--good", str(tmp_path)], "go with --engine alone"),
-                       ([], "give --engine")):
+                       ([], "give --engine"),
+                       (["--run", str(tmp_path), "--int8", "-3"], "--int8 -3"),
+                       (["--run", str(tmp_path), "--min-region-area", "-1"], "at least 1 heatmap pixel")):
         with pytest.raises(SystemExit):
             main([*argv, "--target-far", "0.05"])
         assert says in capsys.readouterr().err
