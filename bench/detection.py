@@ -48,6 +48,7 @@ SIZE = 224
 TWOHEAD_SIZE = 160
 BANK_CANDIDATES = 200_000  # candidate patches of a --bank-size coreset (edge-train's default too)
 BANK_SIZES = (8192, 16384)  # --bank-size choices
+KNN_TOPS = (8,)  # --knn-top choices
 THREADS = 2  # --threads: torch threads of each training run
 PAPERS = {  # image AUROC, DRA protocol (../shared/PAPERS.md)
     ("elpv", 10): "DRA 0.845, AHL 0.850, PatchCore-WRN50 0.916", ("elpv", 1): "DRA 0.675, AHL 0.828",
@@ -89,23 +90,33 @@ def bank_suffix(bank: int | None) -> str:
     return "" if bank is None else f"_bank{bank}"
 
 
+def top_suffix(top: int | None) -> str:
+    """Row and folder suffix of a kNN image score other than the largest patch distance (``--knn-top``)."""
+    return "" if top is None else f"_top{top}"
+
+
+# kNN rows without "_top<N>" score an image by its largest patch distance: what they were measured with
+# before edge-train familiarity's --top-patches default became 8 (2026-12-05, session 17)
+KNN_MAX = ["--top-patches", "1"]
 # Hybrid rows other than "_looks" use one set of fusion constants: what they were measured with before
 # edge-train hybrid's --looks default became auto (2026-12-05, session 16)
 ONE_SET = ["--looks", "1"]
 
 
 def run_head_rows(name: str, seeds, ks, results: list, save, backbone: str = "lite0",
-                  bank: int | None = None, looks: bool = False) -> None:
+                  bank: int | None = None, looks: bool = False, knn_top: int | None = None) -> None:
     """Per seed: the standardised kNN (k = 0), and per k the patch head and its sum hybrid with that kNN.
     A backbone other than Lite0 suffixes the rows and the run folders with its name; a ``bank`` (coreset
     size, chosen from 200,000 candidate patches) suffixes the kNN and hybrid rows with ``_bank<N>``. ``looks``
-    adds the hybrid with per-look fusion constants (``--looks auto``), rows suffixed ``_looks``."""
+    adds the hybrid with per-look fusion constants (``--looks auto``), rows suffixed ``_looks``. ``knn_top``
+    scores the kNN by the mean of its ``knn_top`` largest patch distances, rows suffixed ``_top<N>``."""
     data = DATA[name]
     dataset = load_dataset(data)
     base = ["--data", str(data), "--size", str(SIZE), "--standardize", "--backbone", backbone]
     knn_args = [] if bank is None else ["--bank-size", str(bank), "--max-candidates", str(BANK_CANDIDATES)]
+    knn_args += KNN_MAX if knn_top is None else ["--top-patches", str(knn_top)]
     suffix = variant_suffix(backbone)
-    knn_suffix = suffix + bank_suffix(bank)
+    knn_suffix = suffix + bank_suffix(bank) + top_suffix(knn_top)
     for seed in seeds:
         d = RUNS / name / f"s{seed}"
         knn = d / f"patch_knn_std{knn_suffix}"
@@ -161,7 +172,7 @@ def run_dataset(name: str, seeds, lamp_seeds, twohead_seeds, twohead_ks, ks, res
     base = ["--data", str(data), "--size", str(SIZE)]
     # the rows' kNN as labelled and first measured (2026-12-02): Lite0, raw input, a coreset drawn from 50,000
     # candidate patches (edge-train's defaults then; they became lite2, standardised and 200,000 since)
-    as_measured = ["--backbone", "lite0", "--no-standardize", "--max-candidates", "50000"]
+    as_measured = ["--backbone", "lite0", "--no-standardize", "--max-candidates", "50000", *KNN_MAX]
     for seed in seeds:
         d = RUNS / name / f"s{seed}"
         label_free = {}
@@ -252,6 +263,15 @@ for _variant in sorted(VARIANTS):
                       f"hybrid_knn_head{_vs}{_tag}":
                       f"hybrid patch kNN ({_bank:,}-patch coreset) + patch head{_on}, standardised (sum)"}
         ROW_NAMES[f"hybrid_knn_head{_vs}{_tag}_h1"] = ROW_NAMES[f"hybrid_knn_head{_vs}{_tag}"] + ", one head"
+# the kNN scored by the mean of its largest patch distances (--knn-top; edge-train's default 8 since session 17)
+for _variant in sorted(VARIANTS):
+    _vs = variant_suffix(_variant)
+    for _top in KNN_TOPS:
+        _tag = top_suffix(_top)
+        for _key in (f"patch_knn_std{_vs}", f"hybrid_knn_head{_vs}", f"hybrid_knn_head{_vs}_looks"):
+            if _key in ROW_NAMES:
+                ROW_NAMES[_key.replace("_looks", "") + _tag + ("_looks" if _key.endswith("_looks") else "")] = \
+                    ROW_NAMES[_key] + f", kNN image score = mean of the {_top} largest patch distances"
 
 
 def table(results: list) -> str:
@@ -318,6 +338,9 @@ def main(argv=None) -> int:
     p.add_argument("--looks", action="store_true",
                    help="also fuse the patch head rows' members with per-look constants (edge-train hybrid "
                         "--looks auto); adds rows suffixed _looks")
+    p.add_argument("--knn-top", type=int, choices=KNN_TOPS, default=None,
+                   help="score the patch head rows' kNN by the mean of its N largest patch distances (edge-train "
+                        "familiarity --top-patches N); adds rows suffixed _top<N> (default: the largest, as measured)")
     p.add_argument("--only-head", action="store_true",
                    help="run only the patch head rows, keeping the other rows of docs/bench/detection.json")
     args = p.parse_args(argv)
@@ -335,7 +358,8 @@ def main(argv=None) -> int:
 
     for name in args.data:
         if args.only_head:
-            run_head_rows(name, args.head_seeds, args.ks, results, save, args.backbone, args.bank_size, args.looks)
+            run_head_rows(name, args.head_seeds, args.ks, results, save, args.backbone, args.bank_size, args.looks,
+                          args.knn_top)
             continue
         ks = args.twohead_k if args.twohead_only is None else \
             [int(pair.split(":")[1]) for pair in args.twohead_only if pair.split(":")[0] == name]

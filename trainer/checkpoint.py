@@ -47,6 +47,7 @@ def _build_scorer(payload: dict) -> nn.Module:
 def _build_familiarity(payload: dict) -> nn.Module:
     from trainer.familiarity import PatchKnnFamiliarity
     cfg = {k: v for k, v in payload["model_config"].items() if k != "image_size"}
+    cfg.setdefault("top_patches", 1)  # checkpoints from before 2026-12-05 (session 17) scored the largest distance
     model = PatchKnnFamiliarity(**{**cfg, "stages": tuple(cfg["stages"])})
     model.load_state_dict(payload["state_dict"])
     return model

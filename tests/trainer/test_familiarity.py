@@ -9,7 +9,7 @@ import torch
 
 from deploy.export import export_onnx
 from tests.synthetic import make_mvtec_tree
-from trainer.checkpoint import load_checkpoint
+from trainer.checkpoint import load_checkpoint, read_checkpoint, write_payload
 from trainer.cli import main as train
 from trainer.familiarity import PatchKnnFamiliarity, k_center_greedy
 
@@ -59,9 +59,15 @@ def test_distances_match_a_brute_force_nearest_neighbour():
         out = model(images)
     torch.testing.assert_close(d, brute, rtol=1e-3, atol=1e-3)
     assert out.anomaly_map.shape == (2, 1, 64, 64)
-    torch.testing.assert_close(out.score, d.flatten(1).amax(1))
+    # the image score: the mean of the 8 largest patch distances (default); 1 = the largest (PatchCore's)
+    torch.testing.assert_close(out.score, d.flatten(1).sort(dim=1, descending=True).values[:, :8].mean(1))
+    model.top_patches = 1
+    with torch.no_grad():
+        torch.testing.assert_close(model(images).score, d.flatten(1).amax(1))
     with pytest.raises(ValueError, match="memory bank must be"):
         model.set_memory_bank(torch.zeros(5, 3))
+    with pytest.raises(ValueError, match="top_patches must be >= 1"):
+        PatchKnnFamiliarity(in_channels=1, bank_size=50, top_patches=0)
 
 
 @pytest.fixture(scope="module")
@@ -96,6 +102,13 @@ def test_checkpoint_round_trip_and_onnx_parity(run, tmp_path):
         ref = model(x)
     np.testing.assert_allclose(score, ref.score.numpy(), rtol=1e-3, atol=1e-3)
     np.testing.assert_allclose(heatmap, ref.anomaly_map.numpy(), rtol=1e-3, atol=1e-3)
+    # edge-train's default image score; a checkpoint from before it existed keeps the largest distance
+    assert model.top_patches == 8
+    payload = read_checkpoint(out / "checkpoint.pt")
+    del payload["model_config"]["top_patches"]
+    write_payload(tmp_path / "old.pt", payload)
+    old, _ = load_checkpoint(tmp_path / "old.pt")
+    assert old.top_patches == 1
 
 
 def test_a_larger_backbone_trains_round_trips_and_exports(tmp_path):

