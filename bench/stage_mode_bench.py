@@ -265,7 +265,7 @@ def markdown(result: dict) -> list[str]:
            f"`--no-drop`, the bundled model; median of {a['rounds']} round(s); ms of CPU per judged frame, by the "
            "thread names edge-run gives its stages; ZeroMQ I/O = libzmq's own threads):", "",
            "| source | stage mode | capture | preprocess | score | alert | ZeroMQ I/O | other | total | total / engine "
-           "| capture->alert p50 / p99 (ms) | load average (1 min) |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+           "| capture->alert p50 / p99 (ms) | load average (1 min) |", "|---" * 12 + "|"]
     engine = _med(b["cpu_ms_per_frame"] for b in result.get("bare_b1_paced", []))
     labels = {"paced": "bundled cells (PNG, ~300x300 mono)", "paced_video": "1920x1080 colour MJPEG"}
     for kind, mode, runs in [(k, m, rs) for k in labels for m, rs in result.get(k, {}).items()]:
@@ -278,8 +278,9 @@ def markdown(result: dict) -> list[str]:
             continue
         cells = [_f(_med(r["cpu_ms_per_frame"][g] for r in ok)) for g in GROUPS]
         total = _med(r['cpu_ms_per_frame_total'] for r in ok)
-        out.append(f"| {label} | {mode} | " + " | ".join(cells) + f" | {_f(total)} | "
-                   f"{_f(total / engine if engine else None)}x | {_f(_med(r['summary']['latency_ms_p50'] for r in ok), '.1f')} / "
+        ratio = f"{total / engine:.2f}x" if engine else "-"
+        out.append(f"| {label} | {mode} | " + " | ".join(cells) + f" | {_f(total)} | {ratio} | "
+                   f"{_f(_med(r['summary']['latency_ms_p50'] for r in ok), '.1f')} / "
                    f"{_f(_med(r['summary']['latency_ms_p99'] for r in ok), '.1f')} | "
                    f"{_f(_med(r['loadavg_1min'] for r in ok), '.1f')} |")
     if engine:

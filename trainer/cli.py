@@ -239,9 +239,9 @@ def add_familiarity_parser(sub) -> None:
     m.add_argument("--blur-sigma", type=float, default=4.0, help="heatmap Gaussian sigma in pixels")
     m.add_argument("--top-patches", type=int, default=8,
                    help="image score: the mean of this many largest patch distances (default 8; 1 = the largest, "
-                        "PatchCore's score). With 8 the kNN scored 0.913 vs 0.903 on ELPV and 0.921 vs 0.871 on "
-                        "KolektorSDD, the kNN + head hybrid 0.942 vs 0.937 on ELPV k=10 (3 seeds; docs/familiarity.md, "
-                        "'Image score')")
+                        "PatchCore's score). With 8 the kNN scored 0.913 vs 0.903 on ELPV and 0.921 vs 0.871 "
+                        "on KolektorSDD, the kNN + head hybrid 0.942 vs 0.937 on ELPV k=10 (3 seeds; "
+                        "docs/familiarity.md, 'Image score')")
     # on by default since 2026-12-05, as in the patch head and the hybrid: it scored higher on both data sets
     # (ELPV 0.898 vs 0.888, SDD 0.855 vs 0.842 image AUROC, Lite0, 3 seeds; docs/benchmarks.md)
     add_standardize_argument(m, default=True)

@@ -16,7 +16,7 @@ by one MatMul and a ReduceMin, so that the graph exports to ONNX and TensorRT (n
   PatchCore's s*, the largest, without its re-weighting). A part is as bad as its worst few
   patches: one patch's distance is noisy, and a defect covers several patches. On ELPV and
   KolektorSDD the mean of 8 scored higher than the largest, alone and in the hybrid
-  (docs/benchmarks.md, "kNN image score"); checkpoints from before keep the largest.
+  (docs/familiarity.md, "Image score"); checkpoints from before keep the largest.
 
 ``scores_from_maps`` takes the backbone's stage maps computed elsewhere, so that the hybrid runs the backbone
 once for every member that shares it (trainer/hybrid/torch_model.py).
