@@ -268,10 +268,11 @@ for _variant in sorted(VARIANTS):
     _vs = variant_suffix(_variant)
     for _top in KNN_TOPS:
         _tag = top_suffix(_top)
-        for _key in (f"patch_knn_std{_vs}", f"hybrid_knn_head{_vs}", f"hybrid_knn_head{_vs}_looks"):
-            if _key in ROW_NAMES:
-                ROW_NAMES[_key.replace("_looks", "") + _tag + ("_looks" if _key.endswith("_looks") else "")] = \
-                    ROW_NAMES[_key] + f", kNN image score = mean of the {_top} largest patch distances"
+        for _base, _tail in ((f"patch_knn_std{_vs}", ""), (f"hybrid_knn_head{_vs}", ""),
+                             (f"hybrid_knn_head{_vs}", "_looks")):
+            if _base + _tail in ROW_NAMES:
+                ROW_NAMES[_base + _tag + _tail] = \
+                    ROW_NAMES[_base + _tail] + f", kNN image score = mean of the {_top} largest patch distances"
 
 
 def table(results: list) -> str:

@@ -85,8 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 MEMBER_NAMES = ("patch_knn", "patch_head", "lamp", "two_head")
 # The default is the best hybrid measured (docs/benchmarks.md, section detection): the patch kNN plus the
-# patch head on EfficientNet-Lite2, standardised input, 224 px, per-look fusion constants (ELPV k = 10 0.937,
-# k = 1 0.925; SDD 0.988, 0.972; 3 seeds); its members fit in about 95 s (kNN) and 55 s (head) on a quiet
+# patch head on EfficientNet-Lite2, standardised input, 224 px, per-look fusion constants, the kNN's top-8
+# image score (ELPV k = 10 0.942, k = 1 0.930; SDD 0.988, 0.973; 3 seeds); its members fit in about 95 s (kNN) and 55 s (head) on a quiet
 # 2-core CPU (benchmark medians). The two-head scorer scores below it at several times the training cost;
 # LAMP scores below the floors and pulls the fused score down. --members adds them.
 DEFAULT_MEMBERS = ("patch_knn", "patch_head")

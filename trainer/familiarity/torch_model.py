@@ -77,8 +77,7 @@ class PatchKnnFamiliarity(nn.Module):
         """``features``: this member's ``self.features(images)``; ``size``: the images' (H, W)."""
         dist = self._distances(features)
         flat = dist.flatten(1)
-        score = flat.amax(dim=1) if self.top_patches == 1 else \
-            flat.topk(min(self.top_patches, flat.shape[1]), dim=1).values.mean(dim=1)
+        score = flat.topk(min(self.top_patches, flat.shape[1]), dim=1).values.mean(dim=1)  # 1: the largest
         heatmap = self.blur.blur(F.interpolate(dist, size=size, mode="bilinear", align_corners=False))
         return FamiliarityOutput(score=score, anomaly_map=heatmap)
 
