@@ -63,6 +63,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--fresh", action="store_true", help="retrain runs that already finished")
+    p.add_argument("--note", default="nothing else running",
+                   help="what else shared the machine (time and images/s are figures only on a quiet one)")
     args = p.parse_args()
     if not (args.data / "labels.csv").is_file():
         sys.exit(f"ELPV not found at {args.data} (expects labels.csv): pass --data")
@@ -77,7 +79,8 @@ def main() -> None:
     evaluation = [train(args, n, s, CANDIDATES[n], args.epochs) for n in ("identity", chosen) for s in args.seeds]
 
     env = {"python": platform.python_version(), "cpu_count": os.cpu_count(),
-           "machine": platform.machine(), "size": args.size, "epochs": args.epochs, "k": args.k}
+           "machine": platform.machine(), "size": args.size, "epochs": args.epochs, "k": args.k,
+           "note": args.note}
     (ROOT / "docs" / "bench").mkdir(parents=True, exist_ok=True)
     (ROOT / "docs" / "bench" / "lamp_elpv.json").write_text(json.dumps(
         {"env": env, "chosen": chosen, "selection": selection, "evaluation": evaluation}, indent=1))
@@ -106,7 +109,8 @@ Setting: ELPV solar cells, good (grade 0) vs. defective (grade 1), uncertain gra
 open-set split with k = {env['k']} (the autoencoder learns good cells only), test = 25% of the good cells
 + the defective ones ({test['n_good']} good, {test['n_defective']} defective). Model input {env['size']}x{env['size']}
 grayscale, {env['epochs']} epochs, batch 16, Adam 1e-3, flips; score = mean of the top 1% of the blurred
-squared-error map. {env['cpu_count']} CPU cores, torch CPU, 2 threads, one `edge-train` process per run.
+squared-error map. {env['cpu_count']} CPU cores, torch CPU, 2 threads, one `edge-train` process per run;
+{env.get('note', 'nothing else running')}. The reading is the section `lamp_elpv_reading` below.
 
 **Choosing the amplifier on good images only** (seed 100, {selection[0]['metrics']['train']['epochs']} epochs):
 validation = held-out good training cells vs. the same cells with painted synthetic defects.

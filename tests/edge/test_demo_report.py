@@ -81,3 +81,28 @@ def test_two_lines_one_camera_per_cell_type(tmp_path, capsys):
                        "--out", str(tmp_path / "mine")]) == 2
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep"
     assert "did not write" in capsys.readouterr().err
+
+
+def test_the_bundled_model_meets_the_demo_bar_at_its_calibrated_thresholds(tmp_path):
+    """`make demo` as it runs: the 50 bundled cells as two lines (mono, poly), each judged by edge-run at its
+    own calibrated threshold from the bundled manifest (no --threshold). The bar the bundled model was built
+    for (issue 11): at least 12 of the 14 defective cells caught, at most 2 false alarms of the 36 good ones."""
+    from tests.edge.test_pipeline import ROOT, Run   # real edge-run, real ZeroMQ, real ONNX Runtime
+
+    sample = ROOT / "trainer" / "sample_data" / "elpv_mini"
+    lines = tmp_path / "lines"
+    assert write_lines(sample / "images", sample / "labels.csv", lines) == {"mono": 25, "poly": 25}
+    run = Run(tmp_path, "--source", f"mono={lines / 'mono'}", "--source", f"poly={lines / 'poly'}", "--no-drop")
+    summary = run.finish()
+    assert summary["frames_judged"] == 50 and summary["dropped"] == {} and summary["malformed"] == {}
+    store_alerts = tmp_path / "alerts.sqlite"
+    store = AlertStore(store_alerts)
+    for a in run.alerts:
+        store.add(a)
+    store.close()
+    r = report(store_alerts, {"mono": lines / "mono", "poly": lines / "poly"}, sample / "labels.csv")
+    assert (r["defective"], r["good"], r["not_judged"]) == (14, 36, [])
+    assert len(r["caught"]) >= 12, f"caught {r['caught']}, missed {r['missed']}"
+    assert len(r["false_alarms"]) <= 2, r["false_alarms"]
+    thresholds = {a["camera"]: a["threshold"] for a in run.alerts}
+    assert thresholds["mono"] != thresholds["poly"]   # each line by its own calibrated entry
