@@ -70,8 +70,8 @@ def _build_hybrid(payload: dict) -> nn.Module:
         fusion = {"rule_name": "sum", "members": {
             new: {"score": old[role], "map": old[f"{role}_map"]} for role, new in LEGACY_HYBRID_MEMBERS.items()}}
         return HybridDetector(members, fusion)
-    if payload["hybrid_format"] not in (2, 3):
-        raise ValueError(f"hybrid format {payload['hybrid_format']} is newer than this edge-inspect reads (2, 3): "
+    if payload["hybrid_format"] not in (2, 3, 4):
+        raise ValueError(f"hybrid format {payload['hybrid_format']} is newer than this edge-inspect reads (2-4): "
                          f"upgrade edge-inspect")
     fusion = payload["fusion"]
     return HybridDetector({name: build_model(payload["members"][name]) for name in fusion["order"]}, fusion)

@@ -51,9 +51,14 @@ def bound(precision: str, ref: np.ndarray) -> np.ndarray:
     return np.full(ref.shape, 1e-2 * (1 + np.abs(ref).max()))
 
 
+ROOT = Path(__file__).resolve().parents[2]
+
+
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
-    """A tiny LAMP autoencoder (32 px) and a hybrid (112 px, the demo's kind), each exported to ONNX."""
+    """Exported to ONNX: a tiny LAMP autoencoder (32 px); a LAMP + two-head hybrid (112 px); the one command's
+    default hybrid (Lite2 patch kNN with its memory bank + patch head, 112 px); and the bundled demo model as it
+    ships (re-trained Lite0 stages, weighted per-look constants)."""
     root = tmp_path_factory.mktemp("trt")
     export_tiny_autoencoder(root / "small", root / "ae32", root / "ae" / "model.onnx")
     big = make_mvtec_tree(root / "big", n_train_good=16, n_test_good=4, n_defect=6, size=112, seed=8)
@@ -65,6 +70,12 @@ def models(tmp_path_factory):
     assert train(["hybrid", "--ae", str(root / "ae112"), "--scorer", str(root / "sc112"),
                   "--out", str(root / "hy112")]) == 0
     assert export(["--run", str(root / "hy112"), "--out", str(root / "hybrid" / "model.onnx")]) == 0
+    assert train(["hybrid", "--data", str(big), "--k", "2", "--size", "112", "--seed", "0", "--quiet",
+                  "--out", str(root / "default112")]) == 0
+    assert export(["--run", str(root / "default112"), "--out", str(root / "default" / "model.onnx")]) == 0
+    (root / "bundled").mkdir()
+    for f in ("model.onnx", "model.onnx.manifest.json"):
+        shutil.copy(ROOT / "edge" / "bundled" / f, root / "bundled" / f)
     return root
 
 
@@ -78,7 +89,7 @@ def _onnxruntime(onnx_file: Path, x: np.ndarray) -> list[np.ndarray]:
     return ort.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"]).run(None, {"images": x})
 
 
-@pytest.mark.parametrize("kind", ["ae", "hybrid"])
+@pytest.mark.parametrize("kind", ["ae", "hybrid", "default", "bundled"])
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
 def test_engine_matches_onnxruntime(models, tmp_path, kind, precision):
     folder = tmp_path / kind

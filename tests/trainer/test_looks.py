@@ -153,7 +153,7 @@ def test_a_hybrid_with_looks_round_trips_and_exports(two_look_runs, tmp_path):
     data, root = two_look_runs
     out = root / "hy_auto"
     model, meta = load_checkpoint(out / "checkpoint.pt", "hybrid")
-    assert meta["hybrid_format"] == 3 and model.looks == 2
+    assert meta["hybrid_format"] == 4 and model.looks == 2 and model.soft_looks
     saved = np.load(out / "test_scores.npz")
     by_path = {s.path.relative_to(data).as_posix(): s for s in load_dataset(data).samples}
     x = load_images([by_path[p] for p in saved["paths"]], SIZE, 1)
@@ -208,7 +208,7 @@ def test_a_damaged_looks_entry_is_refused_with_a_reason(two_look_runs):
     fusion = json.loads((root / "hy_auto" / "fusion.json").read_text())
     knn, _ = load_checkpoint(root / "knn" / "checkpoint.pt")
     assert HybridDetector({"patch_knn": knn}, fusion).looks == 2
-    for damage in ("nan", "zero scale", "missing member", "centers"):
+    for damage in ("nan", "zero scale", "missing member", "centers", "variance"):
         doc = json.loads(json.dumps(fusion))
         looks = doc["looks"]
         if damage == "nan":
@@ -217,10 +217,54 @@ def test_a_damaged_looks_entry_is_refused_with_a_reason(two_look_runs):
             looks["members"][0]["patch_knn"]["map"]["scale"] = 0.0
         elif damage == "missing member":
             del looks["members"][0]["patch_knn"]
+        elif damage == "variance":
+            looks["posterior_variance"] = float("nan")
         else:
             looks["centers"] = looks["centers"][:1]
         with pytest.raises(ValueError, match="looks|per-look"):
             HybridDetector({"patch_knn": knn}, doc)
+
+
+def test_a_part_between_two_looks_gets_a_blend_not_a_jump(two_look_runs):
+    """The look weights are the posterior of the looks: a part plainly of one look takes that look's constants
+    (as the nearest center would), a part halfway between the centers takes half of each, and the weight moves
+    smoothly in between. A fusion from before the weights (no posterior_variance) keeps the nearest center."""
+    from trainer.hybrid import HybridDetector
+    data, root = two_look_runs
+    fusion = json.loads((root / "hy_auto" / "fusion.json").read_text())
+    knn, _ = load_checkpoint(root / "knn" / "checkpoint.pt")
+    soft = HybridDetector({"patch_knn": knn}, fusion).eval()
+    old = json.loads(json.dumps(fusion))
+    del old["looks"]["posterior_variance"]
+    hard = HybridDetector({"patch_knn": knn}, old).eval()
+    assert soft.soft_looks and not hard.soft_looks
+    looks = fusion["looks"]
+    assert looks["posterior_variance"] > 0
+    mean, sd, centers = (torch.tensor(looks[k], dtype=torch.float32) for k in ("descriptor_mean", "descriptor_sd",
+                                                                                "centers"))
+
+    def maps_at(point):   # flat stage maps whose look descriptor (spatial means) is ``point``
+        raw = mean + sd * point
+        sizes = [m.shape[1] for m in knn.features.stage_maps(torch.zeros(1, 1, SIZE, SIZE))]
+        return [part.view(1, -1, 1, 1).expand(1, -1, 4, 4) for part in raw.split(sizes)]
+
+    step = centers[1] - centers[0]
+    with torch.no_grad():
+        at = lambda t: soft.look_weights(maps_at(centers[0] + t * step))[0, 1].item()
+        assert at(0.0) < 1e-3 and at(1.0) > 1 - 1e-3 and at(0.5) == pytest.approx(0.5, abs=1e-3)
+        # across the boundary the weight is the logistic of the posterior's log-odds u: no jump anywhere
+        # (at t = 1/2 + u s2 / |c1 - c0|^2, (|x - c0|^2 - |x - c1|^2) / (2 s2) = u)
+        for u in (-3.0, -1.0, 0.0, 1.0, 3.0):
+            t = 0.5 + u * looks["posterior_variance"] / float((step * step).sum())
+            assert at(t) == pytest.approx(1 / (1 + np.exp(-u)), abs=2e-3), u
+        # the validation good parts are plainly of one look: the same scores as the nearest center gives
+        split = json.loads((root / "hy_auto" / "split.json").read_text())
+        by_path = {s.path.relative_to(data).as_posix(): s for s in load_dataset(data).samples}
+        x = load_images([by_path[p] for p in split["validation_good"]], SIZE, 1)
+        weights = soft.look_weights(knn.features.stage_maps(x))
+        plain = weights.max(1).values > 0.999
+        assert plain.float().mean() > 0.9
+        np.testing.assert_allclose(soft(x).score[plain].numpy(), hard(x).score[plain].numpy(), atol=1e-2)
 
 
 def test_the_fusion_is_fitted_in_one_backbone_pass_with_the_members_own_outputs(two_look_runs):

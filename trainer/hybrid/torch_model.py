@@ -25,8 +25,9 @@ familiarity score alone misses truly novel defects). The heatmap is fused by the
 from the maps' own robust statistics.
 
 With per-look constants (fusion "looks", trainer/hybrid/looks.py) each image is standardised against
-the validation good images of its own look: the nearest look center of its look descriptor (the
-spatial means of the shared frozen stage maps) picks the medians and MADs.
+the validation good images of its own look: its look descriptor (the spatial means of the shared frozen
+stage maps) weighs each look's medians and MADs by the look's posterior (fusions from before the
+weights: the nearest look center picks one set).
 """
 from __future__ import annotations
 
@@ -88,21 +89,33 @@ class HybridDetector(nn.Module):
         if centers.shape[0] != self.looks or any(t.shape != (self.looks, len(self.names)) for t in table.values()):
             raise ValueError(f"the looks entry holds {centers.shape[0]} centers for {self.looks} looks, or "
                              f"constants of other members than {self.names}")
-        finite = all(torch.isfinite(t).all() for t in (*table.values(), mean, sd, centers))
-        if not (finite and all((table[(p, "scale")] > 0).all() for p in ("score", "map")) and (sd > 0).all()):
-            raise ValueError("per-look fusion constants must be finite with scales > 0")
+        # fusions from before the look weights have no variance: the nearest center picks the constants
+        variance = torch.tensor(float(looks.get("posterior_variance", 1.0)))
+        self.soft_looks = "posterior_variance" in looks
+        finite = all(torch.isfinite(t).all() for t in (*table.values(), mean, sd, centers, variance))
+        if not (finite and all((table[(p, "scale")] > 0).all() for p in ("score", "map")) and (sd > 0).all()
+                and variance > 0):
+            raise ValueError("per-look fusion constants must be finite with scales > 0 and a posterior variance > 0")
+        self.register_buffer("look_variance", variance, persistent=False)
         for (part, kind), t in table.items():
             self.register_buffer(f"look_{part}_{kind}", t, persistent=False)  # (looks, members)
         self.register_buffer("look_mean", mean, persistent=False)
         self.register_buffer("look_sd", sd, persistent=False)
         self.register_buffer("look_centers", centers, persistent=False)
 
-    def look_of(self, maps: list[torch.Tensor]) -> torch.Tensor:
-        """(B,) index of each image's nearest look center, from the look source's stage maps."""
+    def _center_distances(self, maps: list[torch.Tensor]) -> torch.Tensor:
+        """(B, looks) |d - c|^2 less |d|^2, the same for every center (a MatMul, no (B, looks, D) tensor)."""
         d = (descriptor_of(maps) - self.look_mean) / self.look_sd
         c = self.look_centers
-        # |d - c|^2 without the |d|^2 term, which is the same for every center: a MatMul and an ArgMin
-        return ((c * c).sum(1) - 2 * d @ c.t()).argmin(1)
+        return (c * c).sum(1) - 2 * d @ c.t()
+
+    def look_of(self, maps: list[torch.Tensor]) -> torch.Tensor:
+        """(B,) index of each image's nearest look center, from the look source's stage maps."""
+        return self._center_distances(maps).argmin(1)
+
+    def look_weights(self, maps: list[torch.Tensor]) -> torch.Tensor:
+        """(B, looks) each image's posterior weight of each look (rows sum to 1)."""
+        return torch.softmax(-self._center_distances(maps) / (2 * self.look_variance), dim=1)
 
     def _share_features(self) -> dict[str, str]:
         """member -> the member whose feature extractor it uses (alike extractors become one module)."""
@@ -142,7 +155,13 @@ class HybridDetector(nn.Module):
 
     def forward(self, images: torch.Tensor) -> HybridOutput:
         scores, member_maps, maps = self.member_outputs(images)
-        if self.looks > 1:
+        if self.looks > 1 and self.soft_looks:
+            w = self.look_weights(look_maps(self.members[self.look_source], maps[self.look_source]))  # (B, looks)
+            # z under each look's constants, averaged with the look weights: (B, looks, M) -> (B, M)
+            z = (w[:, :, None] * (scores[:, None] - self.look_score_center) / self.look_score_scale).sum(1)
+            zmap = (w[:, :, None, None, None] * (member_maps[:, None] - self.look_map_center[:, :, None, None])
+                    / self.look_map_scale[:, :, None, None]).sum(1)
+        elif self.looks > 1:   # a fusion from before the look weights: the nearest center's constants
             look = self.look_of(look_maps(self.members[self.look_source], maps[self.look_source]))
             z = (scores - self.look_score_center[look]) / self.look_score_scale[look]
             zmap = ((member_maps - self.look_map_center[look][:, :, None, None])
