@@ -127,10 +127,10 @@ def fit_looks(descriptors: np.ndarray, outputs: dict[str, tuple[np.ndarray, np.n
     ``descriptors``: raw look descriptors (N, D) of the validation good images; ``outputs``: member ->
     (image scores (N,), maps (N, H, W)) on the same images."""
     mean, sd = standardise_descriptors(descriptors)
-    count, centers, assign, report = choose_looks((descriptors - mean) / sd, looks, seed)
+    x = (descriptors - mean) / sd
+    count, centers, assign, report = choose_looks(x, looks, seed)
     if count == 1:
         return None, report
-    x = (descriptors - mean) / sd
     # the mixture's shared variance per dimension: mean squared distance of a validation image to its center
     posterior_variance = float(((x - centers[assign]) ** 2).sum(1).mean() / x.shape[1])
     per_look = []
