@@ -26,8 +26,8 @@ from trainer.visualize import save_examples
 MEMBER_OF_KIND = {FAMILIARITY_KIND: "patch_knn", LAMP_KIND: "lamp", SCORER_KIND: "two_head",
                   PATCH_HEAD_KIND: "patch_head"}
 HYBRID_FORMAT = 2  # members by name + per-member fusion statistics
-HYBRID_FORMAT_LOOKS = 3  # ... + per-look statistics (fusion "looks"); older readers would ignore them
-HYBRID_FORMAT_LOOK_WEIGHTS = 4  # ... + the looks' posterior variance (weighted looks); format 3 would pick one
+# format 3 (read, no longer written): + per-look statistics, the nearest look center picks one set
+HYBRID_FORMAT_LOOKS = 4  # ... + per-look statistics weighted by the looks' posterior (fusion "looks")
 
 
 def _train_good(split_doc: dict) -> set[str]:
@@ -90,8 +90,7 @@ def build_hybrid(member_runs: dict[str, Path], out_dir: Path, data_root: Path | 
     hybrid = HybridDetector(members, fusion).eval()
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    hybrid_format = (HYBRID_FORMAT if "looks" not in fusion else
-                     HYBRID_FORMAT_LOOK_WEIGHTS if "posterior_variance" in fusion["looks"] else HYBRID_FORMAT_LOOKS)
+    hybrid_format = HYBRID_FORMAT_LOOKS if "looks" in fusion else HYBRID_FORMAT
     write_payload(checkpoint, {"kind": HYBRID_KIND, "hybrid_format": hybrid_format, "preprocess": preprocess,
                                "data_fingerprint": split_doc["data_fingerprint"], "fusion": fusion,
                                "members": {name: ckpt for name, (_, ckpt) in runs.items()}})
