@@ -46,6 +46,7 @@ JSON_OUT = ROOT / "docs" / "bench" / "detection.json"
 EDGE_TRAIN = [str(ROOT / ".venv" / "bin" / "edge-train")]
 SIZE = 224
 TWOHEAD_SIZE = 160
+SCRATCH_SIZE = 128  # the from-scratch rows' size: the two-head scorer's CPU default before issue 11
 BANK_CANDIDATES = 200_000  # candidate patches of a --bank-size coreset (edge-train's default too)
 BANK_SIZES = (8192, 16384)  # --bank-size choices
 KNN_TOPS = (8,)  # --knn-top choices
@@ -148,6 +149,71 @@ def run_head_rows(name: str, seeds, ks, results: list, save, backbone: str = "li
             save()
 
 
+def run_ens_rows(name: str, seeds, ks, results: list, save) -> None:
+    """Per seed: ENS (input x gradient of the standardised Lite0 kNN, bench/ens_probe.py) and its sum hybrid
+    with that kNN, label-free (k = 0 split), scored on each k-shot test set like the other label-free rows."""
+    import torch
+    from bench import ens_probe
+    torch.set_num_threads(THREADS)
+    data = DATA[name]
+    dataset = load_dataset(data)
+    base = ["--data", str(data), "--size", str(SIZE), "--standardize", "--backbone", "lite0", *KNN_MAX]
+    for seed in seeds:
+        knn = RUNS / name / f"s{seed}" / "patch_knn_std"
+        train(["familiarity", *base, "--k", "0", "--seed", str(seed)], knn)
+        t = time.perf_counter()
+        scores = ens_probe.ens_scores(knn)
+        print(f"  ENS scores of {knn.relative_to(ROOT)} in {time.perf_counter() - t:.0f} s", flush=True)
+        fused = ens_probe.fused_scores(scores)
+        paths = list(scores["test_paths"])
+        for k in ks:
+            split = open_set_split(dataset, k, seed, 0.25)
+            test = {s.path.relative_to(dataset.root).as_posix() for s in split.test}
+            keep = np.array([p in test for p in paths])
+            if keep.sum() != len(test):
+                raise RuntimeError(f"{knn}: its test set does not contain the k-shot test set")
+            for row, member in (("ens", "ENS (input x gradient)"),
+                                ("hybrid_knn_ens_sum", "hybrid familiarity + ENS (sum)")):
+                replace_row(results, {"data": name, "k": k, "seed": seed, "row": row,
+                                      **image_row(fused[member][keep], scores["test_labels"][keep])})
+        save()
+
+
+def run_scratch_rows(name: str, seeds, ks, results: list, save) -> None:
+    """The former CPU defaults, from scratch (no ImageNet weights): per seed the LAMP autoencoder at
+    SCRATCH_SIZE px (k = 0), and per k the two-head scorer on a ResNet-18 of width 16 from scratch
+    (SaliencyCut and CutPaste) and its sum hybrid with that LAMP run (the hybrid as it was before issue 11)."""
+    data = DATA[name]
+    dataset = load_dataset(data)
+    small = ["--data", str(data), "--size", str(SCRATCH_SIZE)]
+    for seed in seeds:
+        d = RUNS / name / f"s{seed}"
+        lamp = d / f"lamp_{SCRATCH_SIZE}"
+        m_lamp = train(["ae", *small, "--k", "0", "--seed", str(seed), "--epochs", "10"], lamp)
+        for k in ks:
+            split = open_set_split(dataset, k, seed, 0.25)
+            test = {s.path.relative_to(dataset.root).as_posix() for s in split.test}
+            rows = [(f"lamp_{SCRATCH_SIZE}", lamp, m_lamp)]
+            for aug in ("saliencycut", "cutpaste"):
+                tag = "" if aug == "saliencycut" else f"_{aug}"
+                sc = d / f"two_head_scratch{tag}_k{k}"
+                rows.append((f"two_head_scratch{tag}", sc, train(
+                    ["scorer", *small, "--backbone", "resnet18", "--k", str(k), "--seed", str(seed),
+                     "--augmentation", aug], sc)))
+            hy = d / f"hybrid_twohead_scratch_lamp_k{k}"
+            rows.append(("hybrid_twohead_scratch_lamp_sum", hy, train(
+                ["hybrid", "--ae", str(lamp), "--scorer", str(d / f"two_head_scratch_k{k}"), "--fusion", "sum",
+                 *ONE_SET], hy)))
+            for row, run, m in rows:
+                pixel = pixel_of(m)
+                replace_row(results, {"data": name, "k": k, "seed": seed, "row": row,
+                                      **image_row(*scores_on(run, test)),
+                                      **({"pixel_k0_test" if row.startswith("lamp") else "pixel": pixel}
+                                         if pixel else {}),
+                                      "train_seconds": m.get("train", {}).get("seconds")})
+            save()
+
+
 def merge_into_file(path: Path, rows: list) -> list:
     """Write ``rows`` (this run's) into the JSON at ``path`` as it is on disk now, under a lock, each
     replacing the row of its key; return every row the file then holds."""
@@ -235,7 +301,13 @@ ROW_NAMES = {
     "hybrid_knn_twohead_max": "hybrid patch kNN + two-head, 160 px (max)",
     "patch_knn_std": "familiarity: patch kNN, input standardised (no labels)",
     "patch_head": "patch head on frozen Lite0, input standardised",
-    "hybrid_knn_head": "hybrid patch kNN + patch head, standardised (sum)"}
+    "hybrid_knn_head": "hybrid patch kNN + patch head, standardised (sum)",
+    "ens": "ENS: input x gradient of the standardised Lite0 kNN (no labels)",
+    "hybrid_knn_ens_sum": "hybrid standardised Lite0 kNN + ENS (sum, no labels)",
+    f"lamp_{SCRATCH_SIZE}": f"from scratch: LAMP autoencoder alone, {SCRATCH_SIZE} px (exp a=10, 10 epochs)",
+    "two_head_scratch": f"from scratch: two-head + SaliencyCut, ResNet-18 of width 16, {SCRATCH_SIZE} px",
+    "two_head_scratch_cutpaste": f"from scratch: two-head + CutPaste, ResNet-18 of width 16, {SCRATCH_SIZE} px",
+    "hybrid_twohead_scratch_lamp_sum": f"from scratch: hybrid two-head (SaliencyCut) + LAMP, {SCRATCH_SIZE} px (sum)"}
 # the patch head rows on a larger backbone (--backbone): every variant gets its labels, so no row is left out
 for _variant in (v for v in sorted(VARIANTS) if v != "lite0"):
     _name = _variant.capitalize()
@@ -331,8 +403,11 @@ DRA protocol (open-set split, trainer/data/split.py): test = 25% of the good ima
 ones not drawn for training; SDD = KolektorSDD cut into vertical thirds (`make sdd-data`: 1,143 good /
 54 defective crops). Every learned member runs at {SIZE} px grey (three equal channels into
 EfficientNet-Lite0), except the two-head scorer and the hybrid it is in, at 160 px (its CPU default:
-a step costs (size / 8)^2). Label-free rows (floors, patch kNN, LAMP, their hybrid) are trained on the
-k = 0 split and scored on each k-shot test set; pixel metrics of label-free rows are over the k = 0
+a step costs (size / 8)^2), and the "from scratch" rows, at {SCRATCH_SIZE} px: the CPU defaults before
+issue 11 (two-head on a ResNet-18 of width 16 without ImageNet weights, output stride 16; LAMP 10
+epochs), the old hybrid of the two. ENS = input x gradient of the standardised Lite0 kNN's mean
+patch distance (bench/ens_probe.py). Label-free rows (floors, patch kNN, LAMP, ENS, their hybrids) are
+trained on the k = 0 split and scored on each k-shot test set; pixel metrics of label-free rows are over the k = 0
 test set. The miss rate is the share of defective test images at or below the threshold that flags
 5% of the good test images. Mean ± std over the seeds listed. Train times are wall seconds on the
 shared 2-core CPU with other work running at times: read them as rough costs, not benchmarks.
@@ -366,6 +441,11 @@ def main(argv=None) -> int:
     p.add_argument("--knn-top", type=int, choices=KNN_TOPS, default=None,
                    help="score the patch head rows' kNN by the mean of its N largest patch distances (edge-train "
                         "familiarity --top-patches N); adds rows suffixed _top<N> (default: the largest, as measured)")
+    p.add_argument("--ens", action="store_true",
+                   help="run only the ENS rows (bench/ens_probe.py's score on the k-shot test sets) and merge them")
+    p.add_argument("--scratch", action="store_true",
+                   help="run only the from-scratch rows (LAMP, two-head on a ResNet-18 from scratch, their hybrid; "
+                        f"{SCRATCH_SIZE} px, the CPU defaults before issue 11) and merge them")
     p.add_argument("--only-head", action="store_true",
                    help="run only the patch head rows, keeping the other rows of docs/bench/detection.json")
     args = p.parse_args(argv)
@@ -383,6 +463,12 @@ def main(argv=None) -> int:
         write_section("detection", HEAD + glance(merged) + "\n" + table(merged))
 
     for name in args.data:
+        if args.ens or args.scratch:
+            if args.ens:
+                run_ens_rows(name, args.seeds, args.ks, results, save)
+            if args.scratch:
+                run_scratch_rows(name, args.seeds, args.ks, results, save)
+            continue
         if args.only_head:
             run_head_rows(name, args.head_seeds, args.ks, results, save, args.backbone, args.bank_size, args.looks,
                           args.knn_top)

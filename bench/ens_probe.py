@@ -75,6 +75,43 @@ def score_all(model, samples, size: int, channels: int, batch: int = 16) -> tupl
     return np.concatenate(fam), np.concatenate(ens)
 
 
+def ens_scores(run_dir: Path) -> dict:
+    """Familiarity and ENS image scores of a finished familiarity run's validation good images and test
+    split, with the test paths (relative to the data root) and labels. Cached in the run folder as
+    ``ens_scores.npz`` (delete it to recompute)."""
+    cache = Path(run_dir) / "ens_scores.npz"
+    if cache.exists():
+        z = np.load(cache)
+        return {key: z[key] for key in z.files}
+    run = open_run(run_dir)
+    model = run["model"].eval()
+    for param in model.parameters():
+        param.requires_grad_(False)
+    size, channels = run["meta"]["preprocess"]["size"], run["meta"]["preprocess"]["channels"]
+    val, split, root = run_samples(run["split_doc"])
+    test = list(split.test)
+    print(f"{run_dir}: {len(val)} validation good, {len(test)} test ({sum(s.label for s in test)} defective)",
+          flush=True)
+    out = {}
+    out["val_familiarity"], out["val_ens"] = score_all(model, val, size, channels)
+    out["test_familiarity"], out["test_ens"] = score_all(model, test, size, channels)
+    out["test_labels"] = np.array([s.label for s in test])
+    out["test_paths"] = np.array([s.path.relative_to(root).as_posix() for s in test])
+    np.savez(cache, **out)
+    return out
+
+
+def fused_scores(scores: dict) -> dict:
+    """Test scores of each member and of their hybrid: robust z-scores fitted on the validation good
+    images (no labels), summed."""
+    z = {}
+    for name, key in (("familiarity", "familiarity"), ("ENS (input x gradient)", "ens")):
+        c, s = robust_center_scale(scores[f"val_{key}"])
+        z[name] = (scores[f"test_{key}"] - c) / s
+    z["hybrid familiarity + ENS (sum)"] = sum(z.values())
+    return z
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
@@ -85,21 +122,9 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
     run = open_run(args.run)
-    model = run["model"].eval()
-    for param in model.parameters():
-        param.requires_grad_(False)
-    size, channels = run["meta"]["preprocess"]["size"], run["meta"]["preprocess"]["channels"]
-    val, split, _ = run_samples(run["split_doc"])
-    test = list(split.test)
-    y = np.array([s.label for s in test])
-    print(f"{args.run}: {len(val)} validation good, {len(test)} test ({int(y.sum())} defective)", flush=True)
-    val_fam, val_ens = score_all(model, val, size, channels)
-    test_fam, test_ens = score_all(model, test, size, channels)
-    z = {}
-    for name, v, t in (("familiarity", val_fam, test_fam), ("ENS (input x gradient)", val_ens, test_ens)):
-        c, s = robust_center_scale(v)
-        z[name] = (t - c) / s
-    z["hybrid familiarity + ENS (sum)"] = sum(z.values())
+    scores = ens_scores(args.run)
+    y = scores["test_labels"]
+    z = fused_scores(scores)
     name = args.name or Path(run["split_doc"]["data_root"]).name
     rows = [{"data": name, "run": str(args.run), "member": m, "auroc": auroc(s, y),
              "miss_at_5": fnr_at_far(s, y, 0.05)["fnr"]} for m, s in z.items()]

@@ -38,6 +38,12 @@ def test_ens_probe_scores_a_familiarity_run(tmp_path):
     rows = json.loads(out.read_text())
     assert [r["member"] for r in rows] == ["familiarity", "ENS (input x gradient)", "hybrid familiarity + ENS (sum)"]
     assert all(math.isfinite(r["auroc"]) and 0.0 <= r["miss_at_5"] <= 1.0 for r in rows)
+    # the scores are cached in the run with the test paths bench/detection.py restricts to a k-shot test set
+    scores = ens_probe.ens_scores(run)
+    split = json.loads((run / "split.json").read_text())
+    assert sorted(scores["test_paths"]) == sorted(s["path"] for s in split["test"])
+    assert list(scores["test_labels"]) == [s["label"] for s in split["test"]]
+    assert len(scores["test_labels"]) == len(scores["test_ens"]) == len(scores["test_familiarity"])
 
 
 @pytest.mark.timeout(300)
