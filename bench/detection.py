@@ -406,9 +406,9 @@ EfficientNet-Lite0), except the two-head scorer and the hybrid it is in, at 160 
 a step costs (size / 8)^2), and the "from scratch" rows, at {SCRATCH_SIZE} px: the CPU defaults before
 issue 11 (two-head on a ResNet-18 of width 16 without ImageNet weights, output stride 16; LAMP 10
 epochs), the old hybrid of the two. ENS = input x gradient of the standardised Lite0 kNN's mean
-patch distance (bench/ens_probe.py). Label-free rows (floors, patch kNN, LAMP, ENS, their hybrids) are
-trained on the k = 0 split and scored on each k-shot test set; pixel metrics of label-free rows are over the k = 0
-test set. The miss rate is the share of defective test images at or below the threshold that flags
+patch distance (bench/ens_probe.py). Label-free rows (floors, patch kNN, LAMP, ENS, their hybrids)
+are trained on the k = 0 split and scored on each k-shot test set; pixel metrics of label-free rows
+are over the k = 0 test set. The miss rate is the share of defective test images at or below the threshold that flags
 5% of the good test images. Mean ± std over the seeds listed. Train times are wall seconds on the
 shared 2-core CPU with other work running at times: read them as rough costs, not benchmarks.
 """
