@@ -107,6 +107,16 @@ KNN_MAX = ["--top-patches", "1"]
 ONE_SET = ["--looks", "1"]
 
 
+def add_run_rows(results: list, name: str, k: int, seed: int, test: set[str], rows, label_free: str) -> None:
+    """Add a row per (row name, run folder, metrics) scored on the k-shot ``test`` set. Rows whose name starts
+    with ``label_free`` were trained on the k = 0 split: their pixel metrics are over the k = 0 test set."""
+    for row, run, m in rows:
+        pixel = pixel_of(m)
+        replace_row(results, {"data": name, "k": k, "seed": seed, "row": row, **image_row(*scores_on(run, test)),
+                              **({"pixel_k0_test" if row.startswith(label_free) else "pixel": pixel} if pixel else {}),
+                              "train_seconds": m.get("train", {}).get("seconds")})
+
+
 def run_head_rows(name: str, seeds, ks, results: list, save, backbone: str = "lite0",
                   bank: int | None = None, looks: bool = False, knn_top: int | None = None) -> None:
     """Per seed: the standardised kNN (k = 0), and per k the patch head and its sum hybrid with that kNN.
@@ -139,13 +149,7 @@ def run_head_rows(name: str, seeds, ks, results: list, save, backbone: str = "li
                 m_looks = train(["hybrid", "--familiarity", str(knn), "--patch-head", str(head), "--looks", "auto"],
                                 hy_looks)
                 rows.append(("hybrid_knn_head" + knn_suffix + "_looks", hy_looks, m_looks))
-            for row, run, m in rows:
-                pixel = pixel_of(m)
-                replace_row(results, {"data": name, "k": k, "seed": seed, "row": row,
-                                      **image_row(*scores_on(run, test)),
-                                      **({"pixel_k0_test" if row.startswith("patch_knn_std") else "pixel": pixel}
-                                         if pixel else {}),
-                                      "train_seconds": m.get("train", {}).get("seconds")})
+            add_run_rows(results, name, k, seed, test, rows, label_free="patch_knn_std")
             save()
 
 
@@ -204,13 +208,7 @@ def run_scratch_rows(name: str, seeds, ks, results: list, save) -> None:
             rows.append(("hybrid_twohead_scratch_lamp_sum", hy, train(
                 ["hybrid", "--ae", str(lamp), "--scorer", str(d / f"two_head_scratch_k{k}"), "--fusion", "sum",
                  *ONE_SET], hy)))
-            for row, run, m in rows:
-                pixel = pixel_of(m)
-                replace_row(results, {"data": name, "k": k, "seed": seed, "row": row,
-                                      **image_row(*scores_on(run, test)),
-                                      **({"pixel_k0_test" if row.startswith("lamp") else "pixel": pixel}
-                                         if pixel else {}),
-                                      "train_seconds": m.get("train", {}).get("seconds")})
+            add_run_rows(results, name, k, seed, test, rows, label_free="lamp")
             save()
 
 
