@@ -78,11 +78,13 @@ def score_all(model, samples, size: int, channels: int, batch: int = 16) -> tupl
 def ens_scores(run_dir: Path) -> dict:
     """Familiarity and ENS image scores of a finished familiarity run's validation good images and test
     split, with the test paths (relative to the data root) and labels. Cached in the run folder as
-    ``ens_scores.npz`` (delete it to recompute)."""
+    ``ens_scores.npz`` with the checkpoint's sha256: a run retrained in place (``--overwrite``) is scored again."""
     cache = Path(run_dir) / "ens_scores.npz"
+    sha = json.loads((Path(run_dir) / "metrics.json").read_text())["checkpoint_sha256"]
     if cache.exists():
         z = np.load(cache)
-        return {key: z[key] for key in z.files}
+        if str(z["checkpoint_sha256"]) == sha:
+            return {key: z[key] for key in z.files}
     run = open_run(run_dir)
     model = run["model"].eval()
     for param in model.parameters():
@@ -92,7 +94,7 @@ def ens_scores(run_dir: Path) -> dict:
     test = list(split.test)
     print(f"{run_dir}: {len(val)} validation good, {len(test)} test ({sum(s.label for s in test)} defective)",
           flush=True)
-    out = {}
+    out = {"checkpoint_sha256": np.array(sha)}
     out["val_familiarity"], out["val_ens"] = score_all(model, val, size, channels)
     out["test_familiarity"], out["test_ens"] = score_all(model, test, size, channels)
     out["test_labels"] = np.array([s.label for s in test])

@@ -44,6 +44,12 @@ def test_ens_probe_scores_a_familiarity_run(tmp_path):
     assert sorted(scores["test_paths"]) == sorted(s["path"] for s in split["test"])
     assert list(scores["test_labels"]) == [s["label"] for s in split["test"]]
     assert len(scores["test_labels"]) == len(scores["test_ens"]) == len(scores["test_familiarity"])
+    # a run retrained in place (another seed: another split and model) is scored again, not read from the cache
+    assert edge_train(["familiarity", "--data", str(SAMPLE), "--k", "0", "--size", "64", "--standardize",
+                       "--seed", "1", "--out", str(run), "--overwrite", "--quiet"]) == 0
+    split = json.loads((run / "split.json").read_text())
+    assert sorted(ens_probe.ens_scores(run)["test_paths"]) == sorted(s["path"] for s in split["test"])
+    assert sorted(scores["test_paths"]) != sorted(s["path"] for s in split["test"])
 
 
 @pytest.mark.timeout(300)
