@@ -71,11 +71,22 @@ def train(args: list[str], out: Path) -> dict:
     return json.loads(metrics.read_text())
 
 
-def scores_on(run: Path, test_paths: set[str], field: str = "scores") -> tuple[np.ndarray, np.ndarray]:
-    z = np.load(run / "test_scores.npz")
-    keep = np.array([p in test_paths for p in z["paths"]])
+def k_shot_test(dataset, k: int, seed: int) -> set[str]:
+    """The k-shot test set of (k, seed): paths relative to the data root."""
+    return {s.path.relative_to(dataset.root).as_posix() for s in open_set_split(dataset, k, seed, 0.25).test}
+
+
+def k_shot_mask(paths, test_paths: set[str], run: Path) -> np.ndarray:
+    """Which of a run's scored test ``paths`` lie in the k-shot test set (all of it must be there)."""
+    keep = np.array([p in test_paths for p in paths])
     if keep.sum() != len(test_paths):
         raise RuntimeError(f"{run}: its test set does not contain the k-shot test set")
+    return keep
+
+
+def scores_on(run: Path, test_paths: set[str], field: str = "scores") -> tuple[np.ndarray, np.ndarray]:
+    z = np.load(run / "test_scores.npz")
+    keep = k_shot_mask(z["paths"], test_paths, run)
     return z[field][keep], z["labels"][keep]
 
 
@@ -136,8 +147,7 @@ def run_head_rows(name: str, seeds, ks, results: list, save, backbone: str = "li
         knn = d / f"patch_knn_std{knn_suffix}"
         m_knn = train(["familiarity", *base, *knn_args, "--k", "0", "--seed", str(seed)], knn)
         for k in ks:
-            split = open_set_split(dataset, k, seed, 0.25)
-            test = {s.path.relative_to(dataset.root).as_posix() for s in split.test}
+            test = k_shot_test(dataset, k, seed)
             head = d / f"patch_head{suffix}_k{k}"
             m_head = train(["patch-head", *base, "--k", str(k), "--seed", str(seed)], head)
             hy = d / f"hybrid_knn_head{knn_suffix}_k{k}"
@@ -169,13 +179,8 @@ def run_ens_rows(name: str, seeds, ks, results: list, save) -> None:
         scores = ens_probe.ens_scores(knn)
         print(f"  ENS scores of {knn.relative_to(ROOT)} in {time.perf_counter() - t:.0f} s", flush=True)
         fused = ens_probe.fused_scores(scores)
-        paths = list(scores["test_paths"])
         for k in ks:
-            split = open_set_split(dataset, k, seed, 0.25)
-            test = {s.path.relative_to(dataset.root).as_posix() for s in split.test}
-            keep = np.array([p in test for p in paths])
-            if keep.sum() != len(test):
-                raise RuntimeError(f"{knn}: its test set does not contain the k-shot test set")
+            keep = k_shot_mask(scores["test_paths"], k_shot_test(dataset, k, seed), knn)
             for row, member in (("ens", "ENS (input x gradient)"),
                                 ("hybrid_knn_ens_sum", "hybrid familiarity + ENS (sum)")):
                 replace_row(results, {"data": name, "k": k, "seed": seed, "row": row,
@@ -195,8 +200,7 @@ def run_scratch_rows(name: str, seeds, ks, results: list, save) -> None:
         lamp = d / f"lamp_{SCRATCH_SIZE}"
         m_lamp = train(["ae", *small, "--k", "0", "--seed", str(seed), "--epochs", "10"], lamp)
         for k in ks:
-            split = open_set_split(dataset, k, seed, 0.25)
-            test = {s.path.relative_to(dataset.root).as_posix() for s in split.test}
+            test = k_shot_test(dataset, k, seed)
             rows = [(f"lamp_{SCRATCH_SIZE}", lamp, m_lamp)]
             for aug in ("saliencycut", "cutpaste"):
                 tag = "" if aug == "saliencycut" else f"_{aug}"
@@ -253,8 +257,7 @@ def run_dataset(name: str, seeds, lamp_seeds, twohead_seeds, twohead_ks, ks, res
                            "--fusion", rule, *ONE_SET], d / f"hybrid_knn_lamp_{rule}")
                 label_free[f"hybrid_knn_lamp_{rule}"] = (d / f"hybrid_knn_lamp_{rule}", m)
         for k in ks:
-            split = open_set_split(dataset, k, seed, 0.25)
-            test = {s.path.relative_to(dataset.root).as_posix() for s in split.test}
+            test = k_shot_test(dataset, k, seed)
             for row, (run, metrics) in label_free.items():
                 replace_row(results, {"data": name, "k": k, "seed": seed, "row": row, **image_row(*scores_on(run, test)),
                                 **({"pixel_k0_test": pixel_of(metrics)} if pixel_of(metrics) else {}),

@@ -42,6 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 from bench.report import write_section  # noqa: E402
+from trainer.artifacts import read_json  # noqa: E402
 from trainer.lamp.anomaly_map import AnomalyMapConfig, AnomalyMapGenerator  # noqa: E402
 from trainer.metrics import auroc, fnr_at_far  # noqa: E402
 from trainer.robust import robust_center_scale  # noqa: E402
@@ -123,11 +124,10 @@ def main(argv=None) -> int:
     p.add_argument("--no-docs", action="store_true")
     args = p.parse_args(argv)
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
-    run = open_run(args.run)
-    scores = ens_scores(args.run)
+    scores = ens_scores(args.run)   # loads the model only when the scores are not cached
     y = scores["test_labels"]
     z = fused_scores(scores)
-    name = args.name or Path(run["split_doc"]["data_root"]).name
+    name = args.name or Path(read_json(args.run / "split.json")["data_root"]).name
     rows = [{"data": name, "run": str(args.run), "member": m, "auroc": auroc(s, y),
              "miss_at_5": fnr_at_far(s, y, 0.05)["fnr"]} for m, s in z.items()]
     for r in rows:
