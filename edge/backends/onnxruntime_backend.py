@@ -1,6 +1,8 @@
 """ONNX Runtime backend: the CPU path everywhere (and CI), CUDA where onnxruntime-gpu is installed."""
 from __future__ import annotations
 
+import os
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +21,7 @@ class OnnxRuntimeBackend:
             # burnt ~45 CPU ms per frame doing nothing, and under load it stole the cores the
             # other stages need (docs/benchmarks.md, pipeline): the edge turns it off.
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            before = thread_ids()
             self.session = ort.InferenceSession(str(path), sess_options=options, providers=wanted)
         except Exception as e:  # onnxruntime raises its own exception types for a bad file
             raise BackendError(f"{path} is not a loadable ONNX model: {e}") from e
@@ -34,7 +37,64 @@ class OnnxRuntimeBackend:
             raise BackendError(f"{path} has inputs {got_in} and outputs {got_out}, its manifest says "
                                f"[{self.input_name}] and {self.output_names}: re-export the model")
         self.providers = self.session.get_providers()
+        self.caller_cpus = cpus_left_to_caller(before)
 
     def infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         x = check_batch(batch, self.input_shape, self.max_batch)
-        return dict(zip(self.output_names, self.session.run(self.output_names, {self.input_name: x})))
+        with caller_kept_to(self.caller_cpus):
+            return dict(zip(self.output_names, self.session.run(self.output_names, {self.input_name: x})))
+
+
+# ONNX Runtime at its default thread count pins each intra-op worker to one core and leaves the
+# calling thread, which does a share of every parallel loop, free to run anywhere. In a busy
+# process the kernel sometimes runs the caller on a worker's core: the worker then waits for
+# that core while another idles, and the call takes the two shares one after the other
+# (perf sched in docs/benchmarks.md, pipeline_reading, session 20: ~1 such wait per paced call
+# inside edge-run, 3 in a whole bare run). So the thread that calls the engine keeps to the
+# cores no worker is pinned to, which is the layout ONNX Runtime's pinning assumes, for the call
+# only: a thread left pinned would hand its mask to every thread and process it starts later.
+
+def thread_ids() -> set[int]:
+    try:
+        return {int(t) for t in os.listdir("/proc/self/task")}
+    except OSError:   # not Linux: nothing is pinned
+        return set()
+
+
+def cpus_left_to_caller(before: set[int]) -> set[int] | None:
+    """The cores left to the calling thread once the threads started since ``before`` (ONNX
+    Runtime's workers) took theirs; None when none of them is pinned or no core would be left."""
+    if not hasattr(os, "sched_getaffinity"):
+        return None
+    allowed = os.sched_getaffinity(0)
+    taken: set[int] = set()
+    for tid in thread_ids() - before:
+        try:
+            cpus = os.sched_getaffinity(tid)
+        except OSError:   # the thread already ended
+            continue
+        if cpus < allowed:
+            taken |= cpus
+    left = allowed - taken
+    return left if taken and left else None
+
+
+@contextmanager
+def caller_kept_to(cpus: set[int] | None):
+    """Run the block with the calling thread on ``cpus`` (within its own mask), then put its mask back."""
+    own = os.sched_getaffinity(0) if cpus is not None else None
+    keep = cpus & own if own else None
+    pinned = bool(keep) and keep != own and set_thread_affinity(keep)
+    try:
+        yield
+    finally:
+        if pinned:
+            set_thread_affinity(own)
+
+
+def set_thread_affinity(cpus: set[int]) -> bool:
+    try:
+        os.sched_setaffinity(0, cpus)   # 0: the calling thread only, on Linux
+        return True
+    except OSError:   # a container's cpuset changed under us: run unpinned rather than fail
+        return False
