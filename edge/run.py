@@ -766,8 +766,28 @@ def configure_curve(cfg: PipelineConfig, a: argparse.Namespace, stages: list[str
         insecure_warning(log, "the alert, replay and tcp:// stage channels run")
 
 
+def attach_signed_numbers(argv: list[str], options: tuple[str, ...] = ("--threshold",)) -> list[str]:
+    """``--threshold -inf`` as ``--threshold=-inf``: argparse takes a value that starts with '-' and is not
+    a plain decimal ('-inf', '-1e-3') for an option, and would answer "expected one argument" instead of
+    saying what is wrong with the number."""
+    out, i = [], 0
+    while i < len(argv):
+        if argv[i] in options and i + 1 < len(argv) and argv[i + 1].startswith("-"):
+            try:
+                float(argv[i + 1])
+            except ValueError:
+                pass
+            else:
+                out.append(f"{argv[i]}={argv[i + 1]}")
+                i += 2
+                continue
+        out.append(argv[i])
+        i += 1
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
-    a = build_parser().parse_args(argv)
+    a = build_parser().parse_args(attach_signed_numbers(sys.argv[1:] if argv is None else list(argv)))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s supervisor %(levelname)s %(message)s")
     cfg, stages = config_from_args(a)   # a configuration error is refused in one line, before anything is touched
     try:

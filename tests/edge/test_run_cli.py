@@ -85,3 +85,11 @@ def test_a_start_removes_what_killed_pipelines_left(tmp_path):
     finally:
         for p in (ring, live_ring):
             p.unlink(missing_ok=True)
+
+
+def test_a_signed_number_after_threshold_is_its_value_not_an_option():
+    from edge.run import attach_signed_numbers
+    assert attach_signed_numbers(["--threshold", "-inf", "--fps", "5"]) == ["--threshold=-inf", "--fps", "5"]
+    assert attach_signed_numbers(["--threshold", "-1e-3"]) == ["--threshold=-1e-3"]
+    assert attach_signed_numbers(["--threshold", "--fps", "5"]) == ["--threshold", "--fps", "5"]   # missing value: argparse says so
+    assert attach_signed_numbers(["--threshold", "2.5", "--source", "-"]) == ["--threshold", "2.5", "--source", "-"]
