@@ -2,6 +2,7 @@
 call only (edge/backends/onnxruntime_backend.py). Real threads, real affinity masks, the bundled model."""
 import os
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -126,3 +127,28 @@ def test_onnx_runtime_backend_calls_off_its_workers_cores_and_gives_the_mask_bac
     assert after == os.sched_getaffinity(0)
     assert np.isfinite(out["score"]).all()
     assert {tid: os.sched_getaffinity(tid) for tid in pinned_workers} == pinned_workers
+
+
+@linux_affinity
+def test_only_a_rested_engine_keeps_its_caller_off_the_workers_cores():
+    backend = run_in_thread(lambda: open_backend(BUNDLED))
+    if backend.caller_cpus is None:
+        pytest.skip("ONNX Runtime pinned no worker on this machine: nothing to keep the caller off")
+    x = np.zeros((1, *backend.input_shape), np.float32)
+    masks = []
+    original_run = backend.session.run
+
+    class Session:   # the real session, noting the caller's mask while it runs
+        def run(self, *a, **k):
+            masks.append(os.sched_getaffinity(0))
+            return original_run(*a, **k)
+    backend.session = Session()
+
+    def calls():
+        backend.infer(x)            # first call: rested
+        backend.infer(x)            # at once after it (back to back: a busy engine): left free
+        time.sleep(max(0.05, 3 * backend._last_call_s))
+        backend.infer(x)            # rested longer than its last call took
+    run_in_thread(calls)
+    free = os.sched_getaffinity(0)
+    assert masks == [backend.caller_cpus, free, backend.caller_cpus]
