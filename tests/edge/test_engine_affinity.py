@@ -33,6 +33,18 @@ def run_in_thread(fn):
     return out["value"]
 
 
+def masks_during_runs(backend) -> list:
+    """Wrap the backend's real session so that each run notes the calling thread's mask while it runs."""
+    masks, original_run = [], backend.session.run
+
+    class Session:
+        def run(self, *a, **k):
+            masks.append(os.sched_getaffinity(0))
+            return original_run(*a, **k)
+    backend.session = Session()
+    return masks
+
+
 @linux_affinity
 def test_a_pinned_new_thread_takes_its_core_from_the_caller():
     allowed = os.sched_getaffinity(0)
@@ -114,16 +126,9 @@ def test_onnx_runtime_backend_calls_off_its_workers_cores_and_gives_the_mask_bac
     taken = set().union(*pinned_workers.values())
     assert backend.caller_cpus and not backend.caller_cpus & taken
     x = np.zeros((1, *backend.input_shape), np.float32)
-    seen = {}
-    original_run = backend.session.run
-
-    class Session:   # a real session whose run also notes the caller's mask while it runs
-        def run(self, *a, **k):
-            seen["mask"] = os.sched_getaffinity(0)
-            return original_run(*a, **k)
-    backend.session = Session()
+    masks = masks_during_runs(backend)
     out, after = run_in_thread(lambda: (backend.infer(x), os.sched_getaffinity(0)))
-    assert seen["mask"] == backend.caller_cpus
+    assert masks == [backend.caller_cpus]
     assert after == os.sched_getaffinity(0)
     assert np.isfinite(out["score"]).all()
     assert {tid: os.sched_getaffinity(tid) for tid in pinned_workers} == pinned_workers
@@ -135,14 +140,7 @@ def test_only_a_rested_engine_keeps_its_caller_off_the_workers_cores():
     if backend.caller_cpus is None:
         pytest.skip("ONNX Runtime pinned no worker on this machine: nothing to keep the caller off")
     x = np.zeros((1, *backend.input_shape), np.float32)
-    masks = []
-    original_run = backend.session.run
-
-    class Session:   # the real session, noting the caller's mask while it runs
-        def run(self, *a, **k):
-            masks.append(os.sched_getaffinity(0))
-            return original_run(*a, **k)
-    backend.session = Session()
+    masks = masks_during_runs(backend)
 
     def calls():
         backend.infer(x)            # first call: rested
